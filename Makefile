@@ -1,0 +1,32 @@
+# Everything sets itself up: `make demo` and `make test` create .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS ?= constraints.txt
+EXTRAS ?= test,dev
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test lint clean
+
+$(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+## The main job on the embedded default: build the tiny world (cached) and report on it.
+demo: venv
+	$(BIN)/align tiny build
+
+lint: venv
+	$(BIN)/ruff check .
+
+## ruff, then the whole test suite.
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""The embedded tiny financial world: data generator, rule-based reward, tiny models."""

@@ -1,0 +1,1 @@
+"""rm package of align-rlhf."""

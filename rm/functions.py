@@ -1,0 +1,172 @@
+"""Reward functions in TRL's ``reward_funcs`` calling convention.
+
+``f(prompts, completions, **columns) -> list[float | None]``: ``prompts`` and ``completions`` are
+strings, or conversations (lists of ``{"role", "content"}`` messages) as TRL passes them for
+conversational data; every other dataset column arrives as a keyword argument holding one value
+per sample. ``None`` means "this function does not score this sample".
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from align.chat_formats import ChatFormat, get_chat_format
+
+Conversation = list[dict[str, str]]
+
+
+@runtime_checkable
+class RewardFunction(Protocol):
+    __name__: str
+
+    def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]: ...
+
+
+def as_conversation(prompt: str | Conversation, completion: str | Conversation) -> Conversation:
+    """One conversation: the prompt's turns followed by the completion's assistant turn(s)."""
+    head = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    tail = (
+        [{"role": "assistant", "content": completion}]
+        if isinstance(completion, str)
+        else list(completion)
+    )
+    return head + tail
+
+
+def _check_scores(name: str, scores: Sequence, expected: int) -> list[float | None]:
+    if len(scores) != expected:
+        raise ValueError(
+            f"reward function '{name}' returned {len(scores)} scores for {expected} samples"
+        )
+    out = []
+    for k, s in enumerate(scores):
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int | float)):
+            raise TypeError(
+                f"reward function '{name}': score {k} is {s!r}, expected a number or None"
+            )
+        out.append(None if s is None else float(s))
+    return out
+
+
+def load_callable(spec: str) -> Callable:
+    """``"package.module:function"`` → the function (for configs and the command line)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"reward function spec '{spec}': expected 'package.module:function'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"reward function spec '{spec}': {err}") from err
+
+
+class PythonReward:
+    """Wraps a plain callable (or a ``module:function`` spec) and checks what it returns."""
+
+    def __init__(self, fn: Callable | str, name: str | None = None) -> None:
+        self.fn = load_callable(fn) if isinstance(fn, str) else fn
+        self.__name__ = name or getattr(self.fn, "__name__", type(self.fn).__name__)
+
+    def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:
+        scores = self.fn(prompts=prompts, completions=completions, **columns)
+        return _check_scores(self.__name__, scores, len(completions))
+
+
+def score_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The linear head of a sequence-classification model (``score`` or ``classifier``)."""
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head")
+
+
+def last_token_scores(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """``[B]`` float32 scores read at the last attended token of right-padded ``[B, T]`` inputs.
+
+    The head is applied to the final hidden states here rather than trusting the model's pooling,
+    which finds the last token by ``input_ids != pad_token_id`` and so misses an EOS that shares
+    the pad id.
+    """
+    hidden = model(
+        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+    ).hidden_states[-1]
+    last = attention_mask.sum(dim=1) - 1
+    h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return score_head(model)(h_last)[:, 0].float()
+
+
+class LocalRewardModel:
+    """A sequence-classification reward model (one logit) scoring rendered conversations.
+
+    The score is the logit at the last non-pad token. Conversations are rendered with
+    ``chat_format`` (the tokenizer's own template by default) and truncated from the left to
+    ``max_length`` tokens so the answer's end, where the score is read, is always kept.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        chat_format: ChatFormat | str = "hf",
+        batch_size: int = 16,
+        max_length: int = 1024,
+        name: str = "reward_model",
+    ) -> None:
+        if model.config.num_labels != 1:
+            raise ValueError(f"a reward model needs num_labels == 1, got {model.config.num_labels}")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the reward model's tokenizer needs a pad token")
+        self.model, self.tokenizer = model, tokenizer
+        self.chat_format = (
+            get_chat_format(chat_format) if isinstance(chat_format, str) else chat_format
+        )
+        self.batch_size, self.max_length = batch_size, max_length
+        self.__name__ = name
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False, **kwargs):
+        """Load weights from safetensors only; remote code runs only when asked for."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+        model.eval()
+        return cls(model, tokenizer, **kwargs)
+
+    def encode(self, prompts: list, completions: list) -> list[list[int]]:
+        """Token ids of each rendered (prompt, completion) conversation, left-truncated."""
+        ids = []
+        for p, c in zip(prompts, completions, strict=True):
+            text = self.chat_format.render(as_conversation(p, c), tokenizer=self.tokenizer)
+            ids.append(
+                self.tokenizer(text, add_special_tokens=False)["input_ids"][-self.max_length :]
+            )
+        return ids
+
+    @torch.no_grad()
+    def score_ids(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``[N]`` float32 scores of token sequences (right-padded in batches)."""
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        out = []
+        for i in range(0, len(sequences), self.batch_size):
+            chunk = sequences[i : i + self.batch_size]
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for k, s in enumerate(chunk):
+                ids[k, : len(s)], mask[k, : len(s)] = torch.tensor(list(s)), 1
+            out.append(last_token_scores(self.model, ids.to(device), mask.to(device)).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:
+        return self.score_ids(self.encode(prompts, completions)).tolist()

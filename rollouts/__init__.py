@@ -1,0 +1,1 @@
+"""rollouts package of align-rlhf."""

@@ -1,0 +1,19 @@
+"""Shipped configuration files parse with the tools that read them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["cpu.yaml", "zero2.yaml", "zero3.yaml"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "recipes" / "accelerate_configs" / name))
+    assert config.num_machines == 1
+    if name.startswith("zero"):
+        assert config.deepspeed_config["zero_stage"] == int(name[4])
