@@ -70,14 +70,15 @@ def tiny_build(
     verb = "built" if built else "cached"
     console.print(
         f"tiny world {verb} at [bold]{world.root}[/] "
-        f"(build took {manifest['build_seconds']} s when it was built)"
+        f"(the build took {manifest['build_seconds']} s)",
+        soft_wrap=True,
     )
     console.print(_format_table(manifest))
 
 
 def _format_table(manifest: dict) -> Table:
     before, after = manifest["held_out_before_sft"], manifest["held_out_after_sft"]
-    table = Table(title=f"Greedy answers to {after['n']} held-out prompts, before → after SFT")
+    table = Table(title=f"{after['n']} held-out prompts, greedy: before → after SFT")
     for column in ("sub-domain", "on format", "rule reward"):
         table.add_column(column)
     for category, stats in after["per_category"].items():

@@ -15,6 +15,7 @@ Layout of a built world (``TinyWorld``)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -243,7 +244,8 @@ def sft_policy(model, tokenizer, records: list[dict], cfg: TinyWorldConfig, work
         bf16=False,
         report_to=[],
         save_strategy="no",
-        logging_steps=25,
+        logging_strategy="no",
+        disable_tqdm=False,
         dataset_num_proc=None,
     )
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in records])
@@ -375,7 +377,31 @@ def build_tiny_world(
     return TinyWorld(out), True
 
 
+@contextlib.contextmanager
+def _quiet_library_bars():
+    """Hide datasets' and transformers' per-step bars (map, shard writing); SFT keeps its own."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets_on = datasets.is_progress_bar_enabled()
+    hf_on = hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_on:
+            datasets.enable_progress_bars()
+        if hf_on:
+            hf_logging.enable_progress_bar()
+
+
 def _build_into(root: Path, cfg: TinyWorldConfig, on_stage: Callable[[str], None]) -> None:
+    with _quiet_library_bars():
+        _build_steps(root, cfg, on_stage)
+
+
+def _build_steps(root: Path, cfg: TinyWorldConfig, on_stage: Callable[[str], None]) -> None:
     import torch
 
     from align.chat_formats import get_chat_format
