@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints.txt
-EXTRAS ?= test,dev
+EXTRAS ?= test,dev,deepspeed
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export DS_BUILD_OPS := 0
 
 .PHONY: venv demo test lint clean
 

@@ -97,6 +97,79 @@ def _format_table(manifest: dict) -> Table:
     return table
 
 
+@app.command("ppo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ppo(
+    ctx: typer.Context,
+    config: str | None = typer.Option(
+        None, help="YAML config file, or 'tiny' for the shipped tiny-world config."
+    ),
+    show_config: bool = typer.Option(False, help="Print the resolved config and exit."),
+    num_processes: int | None = typer.Option(
+        None, help="Re-launch through `accelerate launch` with this many processes."
+    ),
+    accelerate_config: Path | None = typer.Option(
+        None, help="Re-launch through `accelerate launch --config_file` (DDP, DeepSpeed)."
+    ),
+) -> None:
+    """PPO with actor, reference, critic and reward functions. Any PPOConfig field can be
+    overridden as --field value (e.g. --beta 0.1 --total_steps 20)."""
+    from align.ppo_config import PPOConfig
+
+    cfg = PPOConfig.from_sources(config, ctx.args)
+    if (num_processes or accelerate_config) and "WORLD_SIZE" not in os.environ:
+        relaunch(
+            ["ppo", *(["--config", config] if config else []), *ctx.args],
+            num_processes,
+            accelerate_config,
+        )
+    if show_config:
+        console.print(cfg.to_yaml(), markup=False, highlight=False)
+        return
+    from align.ppo_run import build_trainer
+
+    trainer = build_trainer(cfg)
+    counts = trainer.param_counts
+    for name in ("actor", "critic"):
+        trainable, total = counts[f"params/{name}_trainable"], counts[f"params/{name}_total"]
+        console.print(f"{name}: {trainable:,} of {total:,} parameters trainable")
+    with _progress(enabled=trainer.accelerator.is_main_process) as bar:
+        task = bar.add_task("PPO", total=cfg.total_steps, completed=trainer.step, info="")
+
+        def report(step: int, m: dict) -> None:
+            info = f"score {m['objective/scores']:+.3f}  kl {m['objective/kl']:.3f}"
+            bar.update(task, completed=step, info=info)
+
+        metrics = trainer.train(report)
+    if "eval/score" in metrics:
+        console.print(f"held-out score after {trainer.step} steps: {metrics['eval/score']:+.4f}")
+    console.print(f"run directory: {trainer.out}", soft_wrap=True)
+
+
+def relaunch(args: list[str], num_processes: int | None, config_file: Path | None) -> None:
+    """Run ``align ARGS`` under ``accelerate launch`` and exit with its status."""
+    import subprocess
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config_file:
+        launch += ["--config_file", str(config_file)]
+    if num_processes:
+        launch += ["--num_processes", str(num_processes)]
+    raise typer.Exit(subprocess.run([*launch, "-m", "align.cli", *args]).returncode)
+
+
+def _progress(enabled: bool = True):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    )
+
+
 @data_app.command("validate")
 def data_validate(
     path: Path = typer.Argument(..., help="JSONL, Parquet, CSV file or saved datasets directory."),

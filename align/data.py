@@ -639,3 +639,10 @@ def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[st
         tmp.unlink(missing_ok=True)
         raise
     return count
+
+
+def messages_of(record: Mapping[str, Any]) -> list[dict]:
+    """The conversation of a prompt record: its ``messages``, or its ``prompt`` as one user turn."""
+    if record.get("messages"):
+        return [dict(m) for m in record["messages"]]
+    return [{"role": "user", "content": record["prompt"]}]

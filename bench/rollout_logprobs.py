@@ -27,8 +27,14 @@ def build_model(vocab: int):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=4, pad_token_id=0, eos_token_id=1,
+        vocab_size=vocab,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        pad_token_id=0,
+        eos_token_id=1,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -57,13 +63,21 @@ def run_peer(model, batch, new_tokens):
     torch.manual_seed(0)
     model.generation_config = GenerationConfig()
     out = model.generate(
-        input_ids=ids, attention_mask=mask, return_dict_in_generate=True, output_logits=True,
+        input_ids=ids,
+        attention_mask=mask,
+        return_dict_in_generate=True,
+        output_logits=True,
         generation_config=GenerationConfig(
-            max_new_tokens=new_tokens, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
-            pad_token_id=0, eos_token_id=1,
+            max_new_tokens=new_tokens,
+            do_sample=True,
+            temperature=0.7,
+            top_p=1.0,
+            top_k=0,
+            pad_token_id=0,
+            eos_token_id=1,
         ),
     )
-    tokens = out.sequences[:, ids.shape[1]:]
+    tokens = out.sequences[:, ids.shape[1] :]
     logits = torch.stack(out.logits, dim=1).float() / 0.7  # [B, T, V]
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
     return tokens.tolist(), logprobs.tolist()
@@ -79,14 +93,21 @@ def child(args) -> None:
     tokens, logprobs = run(model, batch, args.new_tokens)
     seconds = time.perf_counter() - started
     generated = sum(len(t) for t in tokens)
-    print(json.dumps({
-        "variant": args.variant, "prompts": args.prompts, "new_tokens": args.new_tokens,
-        "vocab": args.vocab, "seconds": round(seconds, 3),
-        "tokens_per_s": round(generated / seconds, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "first_logprobs": [round(x, 5) for x in logprobs[0][:4]],
-        "first_tokens": tokens[0][:4],
-    }))
+    print(
+        json.dumps(
+            {
+                "variant": args.variant,
+                "prompts": args.prompts,
+                "new_tokens": args.new_tokens,
+                "vocab": args.vocab,
+                "seconds": round(seconds, 3),
+                "tokens_per_s": round(generated / seconds, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "first_logprobs": [round(x, 5) for x in logprobs[0][:4]],
+                "first_tokens": tokens[0][:4],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -102,9 +123,20 @@ def main() -> None:
         return
     rows = []
     for variant in ("peer", "align"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--prompts", str(args.prompts),
-               "--new-tokens", str(args.new_tokens), "--vocab", str(args.vocab),
-               "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--prompts",
+            str(args.prompts),
+            "--new-tokens",
+            str(args.new_tokens),
+            "--vocab",
+            str(args.vocab),
+            "--threads",
+            str(args.threads),
+        ]
         line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
         rows.append(json.loads(line.splitlines()[-1]))
         print(line.splitlines()[-1], flush=True)
@@ -112,11 +144,15 @@ def main() -> None:
     same = peer["first_tokens"] == ours["first_tokens"] and all(
         abs(a - b) < 1e-4 for a, b in zip(peer["first_logprobs"], ours["first_logprobs"])
     )
-    print(json.dumps({
-        "speedup": round(peer["seconds"] / ours["seconds"], 2),
-        "peak_rss_ratio": round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 2),
-        "same_samples_and_logprobs": same,
-    }))
+    print(
+        json.dumps(
+            {
+                "speedup": round(peer["seconds"] / ours["seconds"], 2),
+                "peak_rss_ratio": round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 2),
+                "same_samples_and_logprobs": same,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

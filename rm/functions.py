@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from align.chat_formats import ChatFormat, get_chat_format
+from rm.model import last_token_scores
 
 Conversation = list[dict[str, str]]
 
@@ -74,32 +75,6 @@ class PythonReward:
     def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:
         scores = self.fn(prompts=prompts, completions=completions, **columns)
         return _check_scores(self.__name__, scores, len(completions))
-
-
-def score_head(model: torch.nn.Module) -> torch.nn.Module:
-    """The linear head of a sequence-classification model (``score`` or ``classifier``)."""
-    for name in ("score", "classifier"):
-        head = getattr(model, name, None)
-        if isinstance(head, torch.nn.Module):
-            return head
-    raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head")
-
-
-def last_token_scores(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """``[B]`` float32 scores read at the last attended token of right-padded ``[B, T]`` inputs.
-
-    The head is applied to the final hidden states here rather than trusting the model's pooling,
-    which finds the last token by ``input_ids != pad_token_id`` and so misses an EOS that shares
-    the pad id.
-    """
-    hidden = model(
-        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
-    ).hidden_states[-1]
-    last = attention_mask.sum(dim=1) - 1
-    h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    return score_head(model)(h_last)[:, 0].float()
 
 
 class LocalRewardModel:

@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["cpu.yaml", "zero2.yaml", "zero3.yaml"])
+@pytest.mark.parametrize("name", ["cpu.yaml", "ddp.yaml", "zero2.yaml", "zero3.yaml"])
 def test_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -17,3 +17,11 @@ def test_accelerate_configs_load(name):
     assert config.num_machines == 1
     if name.startswith("zero"):
         assert config.deepspeed_config["zero_stage"] == int(name[4])
+
+
+@pytest.mark.parametrize("name", ["ppo_tiny.yaml", "ppo_7b_zero3.yaml", "ppo_70b_lora_zero3.yaml"])
+def test_ppo_recipe_configs_parse(name):
+    from align.ppo_config import PPOConfig
+
+    cfg = PPOConfig.from_sources(ROOT / "recipes" / "configs" / name)
+    assert cfg.total_steps >= 1 and isinstance(cfg.actor_lr, float)

@@ -10,9 +10,9 @@ from rm.functions import (
     PythonReward,
     RewardFunction,
     as_conversation,
-    last_token_scores,
     load_callable,
 )
+from rm.model import last_token_scores
 
 
 def length_reward(prompts, completions, **kwargs):

@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from align.data import load_records
-from align.tiny.build import TinyWorldConfig, build_tiny_world, messages_of
+from align.data import load_records, messages_of
+from align.tiny.build import TinyWorldConfig, build_tiny_world
 from align.tiny.reward import bigram_f1, content_score, follows_shape, score, tiny_world_reward
 from align.tiny.world import (
     CALC,
@@ -190,3 +190,15 @@ def test_policy_generates_eos_terminated_answers(tiny_world, world_tokenizer):
     assert batch.completion_ids[0][-1] == tok.eos_token_id
     answer = tok.decode(batch.completion_ids[0], skip_special_tokens=True)
     assert follows_shape(GLOSSARY, answer)
+
+
+def test_sft_noise_teaches_only_behaviours_a_rule_can_catch():
+    from align.tiny.build import _noise_flags
+
+    items = generate(400, seed=1)
+    flags = _noise_flags(items, 0.3, seed=0)
+    eligible = [not follows_shape(i.category, i.rejected) for i in items]
+    assert not any(f and not e for f, e in zip(flags, eligible))  # wrong facts are never taught
+    share = sum(flags) / sum(eligible)
+    assert abs(share - 0.3) < 0.05  # binomial sd with ~770 eligible items: 0.017
+    assert not any(flags[k] for k, i in enumerate(items) if i.category in (CALC, GLOSSARY))

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from align.data import write_jsonl
+from align.data import messages_of, write_jsonl
 from align.tiny.world import CATEGORIES, Item, generate
 
-WORLD_VERSION = 1  # bump when the generator, the models or the training change
+WORLD_VERSION = 2  # bump when the generator, the models or the training change
 CHAT_FORMAT = "xuanyuan-6b"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 
@@ -57,6 +57,13 @@ class TinyWorldConfig:
     eval_per_category: int = field(
         default=50, metadata={"help": "Held-out prompts and pairs per sub-domain."}
     )
+    sft_noise: float = field(
+        default=0.3,
+        metadata={
+            "help": "Share of SFT demonstrations that break their rule (the rejected "
+            "answer): real SFT data is noisy, and it leaves PPO something to fix."
+        },
+    )
     vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary size."})
     hidden_size: int = field(
         default=128, metadata={"help": "Model width (head_dim = width/heads)."}
@@ -81,6 +88,8 @@ class TinyWorldConfig:
                 f"hidden_size / num_heads: expected a whole head_dim >= 32 (vLLM's CPU attention "
                 f"rejects smaller), got {self.hidden_size} / {self.num_heads}"
             )
+        if not 0 <= self.sft_noise < 0.5:
+            raise ValueError(f"sft_noise: expected in [0, 0.5), got {self.sft_noise}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_kv_heads: expected a divisor of num_heads, got {self.num_kv_heads}"
@@ -126,6 +135,21 @@ def _prompt_fields(item: Item) -> dict:
     return {"messages": [dict(m) for m in item.messages]}
 
 
+def _noise_flags(items: list[Item], share: float, seed: int) -> list[bool]:
+    """Which SFT demonstrations get the rejected answer, seeded.
+
+    Only items whose rejected answer breaks the sub-domain's shape are eligible: a promise of
+    returns, a rude reply, a dismissal; those are behaviours a rule or a reward model can tell
+    apart. Wrong facts are never taught.
+    """
+    import random
+
+    from align.tiny.reward import follows_shape
+
+    rng = random.Random(seed)
+    return [not follows_shape(i.category, i.rejected) and rng.random() < share for i in items]
+
+
 def _records(cfg: TinyWorldConfig) -> dict[str, list[dict]]:
     sft = generate(cfg.sft_per_category, cfg.seed * 10 + 1)
     prefs = generate(cfg.prefs_per_category, cfg.seed * 10 + 2)
@@ -155,24 +179,17 @@ def _records(cfg: TinyWorldConfig) -> dict[str, list[dict]]:
             {
                 "messages": [
                     *map(dict, item.messages),
-                    {"role": "assistant", "content": item.chosen},
+                    {"role": "assistant", "content": item.rejected if noisy else item.chosen},
                 ],
                 "category": item.category,
             }
-            for item in sft
+            for item, noisy in zip(sft, _noise_flags(sft, cfg.sft_noise, cfg.seed))
         ],
         "prefs": [pref_record(i) for i in prefs],
         "prompts": [prompt_record(k, "rl", i) for k, i in enumerate(rl)],
         "eval_prompts": [prompt_record(k, "eval", i) for k, i in enumerate(eval_prompts)],
         "eval_prefs": [pref_record(i) for i in eval_prefs],
     }
-
-
-def messages_of(record: dict) -> list[dict]:
-    """The conversation of a prompt record (``prompt`` or ``messages``)."""
-    if record.get("messages"):
-        return list(record["messages"])
-    return [{"role": "user", "content": record["prompt"]}]
 
 
 # ---------------------------------------------------------------- tokenizer and models

@@ -1,0 +1,522 @@
+"""PPO math as pure, typed, tensor-in/tensor-out functions (layer 0: imports torch only).
+
+Conventions: ``B`` = batch, ``T`` = response length, ``V`` = vocabulary. ``mask`` is a bool or
+0/1 float tensor ``[B, T]`` marking valid response tokens; responses are right-padded, so each
+row is a prefix mask. Every function gives the same result whatever the values at masked
+positions (NaN and inf included), and outputs at masked positions are 0 unless stated. No
+function here calls ``.item()``, logs, or touches ``torch.distributed``: trainers orchestrate.
+
+Contents
+    masked_sum, masked_mean, masked_var, masked_whiten   masked reductions and whitening
+    kl_k1, kl_k2, kl_k3, KL_ESTIMATORS, kl_penalty       per-token KL estimators
+    last_token_index, shape_rewards                      per-token rewards: -beta*KL + score
+    gae                                                  generalised advantage estimation
+    policy_loss, value_loss, aggregate                   clipped PPO losses and token averaging
+    entropy_from_logits, logprobs_from_logits            float32 log-softmax helpers
+    FixedKLController, AdaptiveKLController              KL coefficient schedules
+    RunningMoments                                       running mean/std of reward scores
+
+References
+    GAE: Schulman et al. 2015, "High-Dimensional Continuous Control Using Generalized Advantage
+        Estimation", arXiv 1506.02438.
+    Adaptive KL controller: Ziegler et al. 2019, "Fine-Tuning Language Models from Human
+        Preferences", arXiv 1909.08593.
+    Dual-clip PPO: Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep
+        Reinforcement Learning", arXiv 1912.09729.
+    k1/k2/k3 KL estimators: J. Schulman, "Approximating KL Divergence" (2020),
+        http://joschu.net/blog/kl-approx.html.
+    Clipped surrogate and value clipping: Schulman et al. 2017, arXiv 1707.06347; defaults as in
+        DeepSpeed-Chat (gamma 1, lambda 0.95, clip 0.2), see METHODS.md section 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "RunningMoments",
+    "aggregate",
+    "entropy_from_logits",
+    "gae",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "kl_penalty",
+    "last_token_index",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "policy_loss",
+    "shape_rewards",
+    "value_loss",
+]
+
+
+# --------------------------------------------------------------------------- masked reductions
+
+
+def _valid(mask: Tensor) -> Tensor:
+    """Bool view of a bool or 0/1 mask (same shape)."""
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _zero_masked(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` with masked positions set to 0 (NaN/inf there are dropped, gradients stay finite)."""
+    return torch.where(_valid(mask), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of ``x`` over valid positions.
+
+    Shapes: ``x`` [B, T] (any shape), ``mask`` broadcastable to ``x``. Returns a scalar when
+    ``dim`` is None, else ``x`` with ``dim`` reduced (e.g. [B] for ``dim=1``).
+    """
+    masked = _zero_masked(x, mask)
+    return masked.sum() if dim is None else masked.sum(dim=dim)
+
+
+def _count(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Number of valid positions (in ``x``'s dtype), reduced like :func:`masked_sum`."""
+    ones = torch.ones((), dtype=x.dtype, device=x.device).expand_as(x)
+    return masked_sum(ones, mask, dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``x`` over valid positions; 0 (not NaN) where no position is valid.
+
+    Shapes: ``x`` [B, T], ``mask`` [B, T]. Returns a scalar (``dim`` None) or [B] (``dim=1``).
+    """
+    return masked_sum(x, mask, dim) / _count(x, mask, dim).clamp(min=1)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of ``x`` over all valid elements (scalar).
+
+    Shapes: ``x`` [B, T], ``mask`` [B, T] -> scalar. ``unbiased`` divides by ``n - 1`` (Bessel),
+    with the divisor clamped at 1, so one valid element gives 0 and none gives 0.
+    """
+    mean = masked_mean(x, mask)
+    sq = masked_sum((x - mean) ** 2, mask)
+    n = _count(x, mask)
+    return sq / (n - 1 if unbiased else n).clamp(min=1)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Whiten ``x`` with the mean and (unbiased) variance of its valid elements.
+
+    Shapes: ``x`` [B, T], ``mask`` [B, T] -> [B, T]. Returns ``(x - mean) / sqrt(var + eps)``,
+    plus ``mean`` again when ``shift_mean`` is False (rescale only); 0 at masked positions.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask, unbiased=True)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return _zero_masked(whitened, mask)
+
+
+# --------------------------------------------------------------------------- KL estimators
+
+
+def kl_k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k1 = ``logp - logp_ref``: unbiased for KL(pi || ref) under samples from pi, can be < 0.
+
+    Shapes: [B, T], [B, T] -> [B, T] (elementwise, any shape).
+    """
+    return logprobs - ref_logprobs
+
+
+def kl_k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k2 = ``0.5 * (logp - logp_ref)^2``: biased, low variance, always >= 0.
+
+    Shapes: [B, T], [B, T] -> [B, T] (elementwise, any shape).
+    """
+    return 0.5 * (logprobs - ref_logprobs) ** 2
+
+
+def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k3 = ``exp(logp_ref - logp) - (logp_ref - logp) - 1``: unbiased, always >= 0.
+
+    Shapes: [B, T], [B, T] -> [B, T] (elementwise, any shape). Uses ``expm1`` so values near
+    ``logp == logp_ref`` keep their precision.
+    """
+    log_ratio = ref_logprobs - logprobs
+    return torch.expm1(log_ratio) - log_ratio
+
+
+KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "k1": kl_k1,
+    "k2": kl_k2,
+    "k3": kl_k3,
+}
+
+
+def kl_penalty(
+    logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str = "k1"
+) -> Tensor:
+    """Per-token KL estimate between the policy and the reference, 0 at masked positions.
+
+    Shapes: ``logprobs`` [B, T], ``ref_logprobs`` [B, T], ``mask`` [B, T] -> [B, T].
+    ``estimator`` is a key of :data:`KL_ESTIMATORS`; an unknown name raises ``ValueError``.
+    """
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(
+            f"unknown KL estimator {estimator!r}; expected one of {sorted(KL_ESTIMATORS)}"
+        )
+    logp = _zero_masked(logprobs, mask)
+    ref = _zero_masked(ref_logprobs, mask)
+    return _zero_masked(KL_ESTIMATORS[estimator](logp, ref), mask)
+
+
+# --------------------------------------------------------------------------- rewards and GAE
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """Index of the last valid position of each row of a prefix mask.
+
+    Shapes: ``mask`` [B, T] -> [B] long, ``mask.sum(1) - 1`` clamped at 0 (an empty row gives 0).
+    """
+    return (_valid(mask).sum(dim=1) - 1).clamp(min=0)
+
+
+def shape_rewards(
+    scores: Tensor,
+    kl: Tensor,
+    mask: Tensor,
+    beta: float | Tensor,
+    score_clip: float | None = None,
+) -> Tensor:
+    """Per-token rewards ``r_t = -beta * kl_t``, plus the sequence score at the last valid token.
+
+    Shapes: ``scores`` [B], ``kl`` [B, T], ``mask`` [B, T], ``beta`` a float, a scalar tensor or
+    [B] (one coefficient per row) -> [B, T]. The score is clipped to ``[-score_clip, score_clip]``
+    when ``score_clip`` is set. Masked positions are 0; a row with no valid token gets no score.
+    """
+    beta_t = torch.as_tensor(beta, dtype=kl.dtype, device=kl.device)
+    if beta_t.ndim == 1:
+        beta_t = beta_t.unsqueeze(-1)
+    if score_clip is not None:
+        scores = scores.clamp(min=-score_clip, max=score_clip)
+    rewards = -beta_t * _zero_masked(kl, mask)
+    index = last_token_index(mask).unsqueeze(-1)
+    bonus = torch.zeros_like(rewards).scatter(1, index, scores.to(rewards.dtype).unsqueeze(-1))
+    return _zero_masked(rewards + bonus, mask)
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    mask: Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al., arXiv 1506.02438).
+
+    Shapes: ``rewards`` [B, T], ``values`` [B, T], ``mask`` [B, T] -> (advantages [B, T],
+    returns [B, T]), returns = advantages + values, both 0 at masked positions.
+
+    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t+1}``,
+    with ``V_{t+1} := 0`` and ``A_{t+1} := 0`` after the last valid token. Masked positions are
+    skipped rather than treated as episode ends, so for a non-prefix mask ``t + 1`` means the
+    next valid position; for the usual prefix mask the two readings agree. Vectorised over B,
+    a reverse loop over T; computed in float32 (float64 inputs stay float64).
+    """
+    dtype = torch.promote_types(torch.promote_types(rewards.dtype, values.dtype), torch.float32)
+    valid = _valid(mask)
+    r = _zero_masked(rewards, mask).to(dtype)
+    v = _zero_masked(values, mask).to(dtype)
+    next_value = torch.zeros(r.shape[0], dtype=dtype, device=r.device)
+    next_adv = torch.zeros_like(next_value)
+    advantages = []
+    for t in reversed(range(r.shape[1])):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        adv_t = delta + gamma * lam * next_adv
+        next_adv = torch.where(valid[:, t], adv_t, next_adv)
+        next_value = torch.where(valid[:, t], v[:, t], next_value)
+        advantages.append(adv_t)
+    adv = _zero_masked(torch.stack(advantages[::-1], dim=1), mask)
+    return adv, _zero_masked(adv + v, mask)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _dual_clip(
+    loss: Tensor, advantages: Tensor, dual_clip: float, valid: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Cap the loss of negative-advantage tokens at ``-dual_clip * A``; return (loss, clipfrac)."""
+    if dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1 (Ye et al. 2020), got {dual_clip}")
+    cap = -dual_clip * advantages
+    negative = advantages < 0
+    active = negative & (loss > cap)
+    capped = torch.where(negative, torch.minimum(loss, cap), loss)
+    return capped, masked_mean(active.to(loss.dtype), valid)
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    dual_clip: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token PPO clipped surrogate loss.
+
+    Shapes: ``logprobs``, ``old_logprobs``, ``advantages``, ``mask`` all [B, T] -> (loss [B, T],
+    stats of scalar tensors). ``loss = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))`` with
+    ``ratio = exp(logp - logp_old)``; with ``dual_clip = c > 1`` the loss of tokens with ``A < 0``
+    is further capped at ``-c * A`` (Ye et al., arXiv 1912.09729). 0 at masked positions.
+    ``old_logprobs`` and ``advantages`` are treated as constants (detached).
+
+    Stats (masked means, detached): ``clipfrac`` (share of tokens whose clipped branch is active,
+    strictly), ``approxkl`` (``0.5 * mean((logp - logp_old)^2)``), ``ratio`` (mean ratio), and
+    ``dual_clipfrac`` (share of tokens capped by the dual clip) when ``dual_clip`` is set.
+    """
+    valid = _valid(mask)
+    adv = _zero_masked(advantages.detach(), valid)
+    log_ratio = _zero_masked(logprobs - old_logprobs.detach(), valid)
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    loss = torch.maximum(unclipped, clipped)
+    stats: dict[str, Tensor] = {}
+    if dual_clip is not None:
+        loss, stats["dual_clipfrac"] = _dual_clip(loss, adv, dual_clip, valid)
+    stats["clipfrac"] = masked_mean((clipped > unclipped).to(loss.dtype), valid)
+    stats["approxkl"] = 0.5 * masked_mean(log_ratio**2, valid)
+    stats["ratio"] = masked_mean(ratio, valid)
+    stats = {key: value.detach() for key, value in stats.items()}
+    return _zero_masked(loss, valid), stats
+
+
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_eps: float | None = 0.2,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token clipped value loss ``0.5 * max((V - R)^2, (V_clip - R)^2)``.
+
+    Shapes: ``values``, ``old_values``, ``returns``, ``mask`` all [B, T] -> (loss [B, T], stats).
+    ``V_clip = V_old + clip(V - V_old, -eps, eps)``; ``clip_eps=None`` gives the plain
+    ``0.5 * (V - R)^2``. ``old_values`` and ``returns`` are treated as constants (detached).
+    Stats: ``vf_clipfrac`` (scalar, share of valid tokens where the clipped term is larger,
+    0 without clipping). 0 at masked positions.
+    """
+    valid = _valid(mask)
+    v = _zero_masked(values, valid)
+    ret = _zero_masked(returns.detach(), valid)
+    unclipped = (v - ret) ** 2
+    if clip_eps is None:
+        loss, clip_active = unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
+    else:
+        old = _zero_masked(old_values.detach(), valid)
+        v_clip = old + (v - old).clamp(-clip_eps, clip_eps)
+        clipped = (v_clip - ret) ** 2
+        loss, clip_active = torch.maximum(unclipped, clipped), clipped > unclipped
+    stats = {"vf_clipfrac": masked_mean(clip_active.to(v.dtype), valid).detach()}
+    return _zero_masked(0.5 * loss, valid), stats
+
+
+def aggregate(per_token: Tensor, mask: Tensor, num_tokens: Tensor | float | None = None) -> Tensor:
+    """Token-mean of a per-token loss: ``masked_sum(per_token, mask) / num_tokens``.
+
+    Shapes: ``per_token`` [B, T], ``mask`` [B, T] -> scalar. ``num_tokens`` defaults to the
+    number of valid tokens here (clamped at 1). Pass the token count of the whole minibatch
+    (all micro-batches, all ranks) so that summing the micro-batch losses, or accumulating
+    their gradients, equals the loss of the minibatch taken at once.
+    """
+    if num_tokens is None:
+        num_tokens = _count(per_token, mask).clamp(min=1)
+    return masked_sum(per_token, mask) / num_tokens
+
+
+# --------------------------------------------------------------------------- logits helpers
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of ``softmax(logits)`` over the last dimension, in float32.
+
+    Shapes: ``logits`` [..., V] -> [...]. Computed as ``-sum(p * log_softmax(l))`` with the
+    logsumexp-based ``log_softmax``, so large logits neither overflow nor cancel (the tempting
+    ``logsumexp(l) - sum(p * l)`` loses ~1e-3 at logits ~1e4 in float32). ``-inf`` logits
+    (filtered tokens) contribute 0.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    finite = logp.clamp(min=torch.finfo(logp.dtype).min)
+    return -(logp.exp() * finite).sum(dim=-1)
+
+
+def _row_logprobs(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
+    """``log_softmax(logits / temperature)`` at ``tokens``: [..., V], [...] -> [...] float32."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def logprobs_from_logits(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log-probabilities of ``tokens`` under ``softmax(logits / temperature)``, in float32.
+
+    Shapes: ``logits`` [B, T, V], ``tokens`` [B, T] (long) -> [B, T] float32. Computed as
+    ``logits.gather - logsumexp`` without a full log-softmax tensor; half-precision logits are
+    upcast one row at a time so peak memory stays near one float32 row. ``temperature`` must be
+    > 0 and should match the sampling temperature.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    tokens = tokens.long()
+    if logits.dtype in (torch.float32, torch.float64):
+        return _row_logprobs(logits, tokens, temperature).float()
+    rows = [_row_logprobs(row, row_tokens, temperature) for row, row_tokens in zip(logits, tokens)]
+    return torch.stack(rows) if rows else logits.new_zeros(tokens.shape, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- KL controllers
+
+
+class FixedKLController:
+    """A constant KL coefficient ``beta``.
+
+    ``value`` (float) is the coefficient; :meth:`update` does nothing. Same interface as
+    :class:`AdaptiveKLController` so trainers can hold either.
+    """
+
+    def __init__(self, kl_coef: float) -> None:
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """No-op: a fixed coefficient ignores the measured KL."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient of Ziegler et al. 2019 (arXiv 1909.08593, section 2.2).
+
+    ``update(current_kl, n_steps)``: ``e = clip(current_kl / target - 1, -0.2, 0.2)`` and
+    ``value *= 1 + e * n_steps / horizon``, where ``n_steps`` is the number of samples (or
+    steps, consistently with ``horizon``) since the last update.
+    """
+
+    def __init__(self, init_kl: float, target: float, horizon: int) -> None:
+        if target <= 0:
+            raise ValueError(f"target must be > 0, got {target}")
+        if horizon <= 0:
+            raise ValueError(f"horizon must be > 0, got {horizon}")
+        self.value = float(init_kl)
+        self.target = float(target)
+        self.horizon = int(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])
+        self.target = float(state.get("target", self.target))
+        self.horizon = int(state.get("horizon", self.horizon))
+
+
+# --------------------------------------------------------------------------- running moments
+
+
+class RunningMoments:
+    """Running mean and standard deviation of a stream of scores (Welford / Chan et al.).
+
+    Accumulators are float64 0-d tensors on the device of the data (no host sync); ``count`` is
+    a Python int (known from shapes). ``update(x)`` merges a batch with Chan's parallel formula,
+    ``merge(other)`` merges another shard's moments the same way. ``std`` is the unbiased
+    (ddof=1) standard deviation, 1.0 while ``count < 2``.
+    """
+
+    def __init__(self) -> None:
+        self.count: int = 0
+        self._mean = torch.zeros((), dtype=torch.float64)
+        self._m2 = torch.zeros((), dtype=torch.float64)
+
+    @classmethod
+    def from_stats(cls, mean: float | Tensor, std: float | Tensor, count: int) -> RunningMoments:
+        """Moments equivalent to ``count`` scores with this mean and (ddof=1) std, e.g. the
+        statistics a reward model stored at the end of its training."""
+        moments = cls()
+        moments.count = int(count)
+        moments._mean = torch.as_tensor(mean, dtype=torch.float64).clone()
+        std64 = torch.as_tensor(std, dtype=torch.float64, device=moments._mean.device)
+        moments._m2 = std64**2 * max(moments.count - 1, 0)
+        return moments
+
+    @property
+    def mean(self) -> Tensor:
+        """Running mean (float64 scalar; 0 before any update)."""
+        return self._mean
+
+    @property
+    def var(self) -> Tensor:
+        """Unbiased running variance (float64 scalar; 1 while ``count < 2``)."""
+        if self.count < 2:
+            return torch.ones((), dtype=torch.float64, device=self._mean.device)
+        return self._m2 / (self.count - 1)
+
+    @property
+    def std(self) -> Tensor:
+        """Unbiased running standard deviation (float64 scalar; 1 while ``count < 2``)."""
+        return torch.sqrt(self.var)
+
+    def _combine(self, count: int, mean: Tensor, m2: Tensor) -> None:
+        """Chan et al.'s pairwise update with another set of (count, mean, M2)."""
+        if count == 0:
+            return
+        self._mean, self._m2 = self._mean.to(mean.device), self._m2.to(mean.device)
+        total = self.count + count
+        delta = mean - self._mean
+        self._mean = self._mean + delta * (count / total)
+        self._m2 = self._m2 + m2 + delta**2 * (self.count * count / total)
+        self.count = total
+
+    def update(self, x: Tensor) -> None:
+        """Add a batch of scores (any shape, flattened). Shapes: ``x`` [N] or [...]."""
+        x64 = x.detach().reshape(-1).to(torch.float64)
+        if x64.numel() == 0:
+            return
+        mean = x64.mean()
+        self._combine(x64.numel(), mean, ((x64 - mean) ** 2).sum())
+
+    def merge(self, other: RunningMoments) -> RunningMoments:
+        """Fold another shard's moments into these (in place); returns ``self``."""
+        self._combine(other.count, other._mean, other._m2)
+        return self
+
+    def normalize(self, x: Tensor, eps: float = 1e-8) -> Tensor:
+        """``(x - mean) / (std + eps)``, same shape and (floating) dtype as ``x``."""
+        out = (x.to(torch.float64) - self.mean.to(x.device)) / (self.std.to(x.device) + eps)
+        return out.to(x.dtype if x.is_floating_point() else torch.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"count": int, "mean": Tensor, "m2": Tensor}`` (CPU float64 scalars)."""
+        return {"count": self.count, "mean": self._mean.cpu(), "m2": self._m2.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = int(state["count"])
+        self._mean = torch.as_tensor(state["mean"], dtype=torch.float64).clone()
+        self._m2 = torch.as_tensor(state["m2"], dtype=torch.float64).clone()

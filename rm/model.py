@@ -1,0 +1,54 @@
+"""Scalar-head models: reward models and critics (an LM body plus a linear head).
+
+A reward model is ``AutoModelForSequenceClassification`` with one label: the chat LM without its
+``lm_head`` plus a linear head on the last hidden state (the UFRM architecture). A critic is the
+same model read at every token instead of the last one, so a critic initialised from a reward
+model is simply that reward model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def score_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The linear head of a sequence-classification model (``score`` or ``classifier``)."""
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head")
+
+
+def _unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def token_scores(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[B, T]`` float32 head outputs at every position of ``[B, T]`` inputs."""
+    model = _unwrap_peft(model)
+    hidden = model.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+    ).last_hidden_state
+    return score_head(model)(hidden)[..., 0].float()
+
+
+def last_token_scores(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """``[B]`` float32 scores read at the last attended token of right-padded ``[B, T]`` inputs.
+
+    The head is applied here rather than trusting the model's own pooling, which finds the last
+    token by ``input_ids != pad_token_id`` and so misses an EOS that shares the pad id.
+    """
+    model = _unwrap_peft(model)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    last = attention_mask.sum(dim=1) - 1
+    h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return score_head(model)(h_last)[:, 0].float()
