@@ -18,9 +18,10 @@ $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 
 venv: $(BIN)/.installed
 
-## The main job on the embedded default: build the tiny world (cached) and report on it.
+## The main job on the embedded default: build the tiny world (cached), then PPO on it.
 demo: venv
 	$(BIN)/align tiny build
+	$(BIN)/align ppo --config tiny
 
 lint: venv
 	$(BIN)/ruff check .

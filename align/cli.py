@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from align import __version__
+from align.cli_rm import rm_app
 
 app = typer.Typer(
     help="align: RLHF alignment toolkit (PPO with four models, UFRM reward models, PEI loops).",
@@ -26,6 +27,7 @@ tiny_app = typer.Typer(help="The embedded tiny financial world.", no_args_is_hel
 data_app = typer.Typer(help="Check and inspect data files.", no_args_is_help=True)
 app.add_typer(tiny_app, name="tiny")
 app.add_typer(data_app, name="data")
+app.add_typer(rm_app, name="rm")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -125,13 +127,21 @@ def ppo(
     if show_config:
         console.print(cfg.to_yaml(), markup=False, highlight=False)
         return
+    from transformers.utils import logging as hf_logging
+
     from align.ppo_run import build_trainer
 
+    hf_logging.disable_progress_bar()  # per-file loading bars; the PPO bar follows
     trainer = build_trainer(cfg)
     counts = trainer.param_counts
     for name in ("actor", "critic"):
         trainable, total = counts[f"params/{name}_trainable"], counts[f"params/{name}_total"]
         console.print(f"{name}: {trainable:,} of {total:,} parameters trainable")
+    if trainer.truncated_prompts:
+        console.print(
+            f"{trainer.truncated_prompts} prompts longer than max_prompt_length "
+            f"({cfg.max_prompt_length} tokens) were left-truncated"
+        )
     with _progress(enabled=trainer.accelerator.is_main_process) as bar:
         task = bar.add_task("PPO", total=cfg.total_steps, completed=trainer.step, info="")
 

@@ -6,8 +6,9 @@ One PPO step:
    completions each through the :class:`~rollouts.base.RolloutEngine`;
 2. without gradients: actor logprobs (old), reference logprobs, critic values, reward scores;
 3. per-token rewards ``-β·KL_t`` plus the score at the last token; GAE; whitening;
-4. ``ppo_epochs`` × ``num_minibatches`` optimizer steps of actor and critic (separate optimizers),
-   each over micro-batches with the loss normalised by the minibatch's token count.
+4. ``ppo_epochs`` × ``num_minibatches`` optimizer steps of actor and critic (one AdamW, their
+   learning rates as two parameter groups), each over micro-batches with the loss normalised by
+   the minibatch's token count.
 
 The math lives in :mod:`align.core_algos`; this module orchestrates.
 """
@@ -15,7 +16,6 @@ The math lives in :mod:`align.core_algos`; this module orchestrates.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -32,18 +32,9 @@ from align.chat_formats import get_chat_format
 from align.data import messages_of
 from align.mixture import MixtureSampler
 from align.ppo_config import PPOConfig
+from rm.functions import WeightedReward, combine_rewards
 from rm.model import token_scores
-from rollouts.base import RolloutBatch, RolloutEngine, SamplingParams
-from rollouts.hf_generate import left_pad
-
-RewardFn = Callable[..., list]
-
-
-@dataclass
-class WeightedReward:
-    name: str
-    fn: RewardFn
-    weight: float
+from rollouts.base import RolloutBatch, RolloutEngine, SamplingParams, left_pad, right_pad
 
 
 @dataclass
@@ -94,15 +85,10 @@ def build_sequences(
     unpadded one.
     """
     p_ids, p_mask = left_pad(prompt_ids, pad_id)
-    width = max(len(c) for c in completion_ids)
-    c_ids = torch.full((len(completion_ids), width), pad_id, dtype=torch.long)
-    c_mask = torch.zeros((len(completion_ids), width), dtype=torch.long)
-    for k, c in enumerate(completion_ids):
-        c_ids[k, : len(c)] = torch.tensor(c, dtype=torch.long)
-        c_mask[k, : len(c)] = 1
-    attention_mask = torch.cat([p_mask, c_mask], dim=1)
+    c_ids, c_mask = right_pad(completion_ids, pad_id)
+    attention_mask = torch.cat([p_mask, c_mask.long()], dim=1)
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    return torch.cat([p_ids, c_ids], dim=1), attention_mask, position_ids, c_mask.bool()
+    return torch.cat([p_ids, c_ids], dim=1), attention_mask, position_ids, c_mask
 
 
 def completion_logprobs(
@@ -155,35 +141,6 @@ class ActorCritic(torch.nn.Module):
         """``(logprobs [N, T], entropy [N, T] | None, values [N, T])``."""
         logprobs, entropy = completion_logprobs(self.actor, exp, temperature, with_entropy)
         return logprobs, entropy, completion_values(self.critic, exp)
-
-
-def combine_rewards(
-    rewards: list[WeightedReward], prompts: list, completions: list[str], columns: dict
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum of the reward functions' scores ``[N]`` and each component's scores.
-
-    A function returning ``None``, NaN or inf for a sample, or the wrong number of scores, is an
-    error naming the function.
-    """
-    total = torch.zeros(len(completions), dtype=torch.float32)
-    parts = {}
-    for r in rewards:
-        raw = r.fn(prompts=prompts, completions=completions, **columns)
-        if len(raw) != len(completions):
-            raise ValueError(
-                f"reward function '{r.name}' returned {len(raw)} scores for "
-                f"{len(completions)} completions"
-            )
-        bad = [k for k, s in enumerate(raw) if s is None or not math.isfinite(s)]
-        if bad:
-            raise ValueError(
-                f"reward function '{r.name}' returned None/NaN/inf for samples "
-                f"{bad[:10]} (e.g. {raw[bad[0]]!r})"
-            )
-        scores = torch.tensor(raw, dtype=torch.float32)
-        parts[r.name] = scores
-        total += r.weight * scores
-    return total, parts
 
 
 class PPOTrainer:
@@ -581,9 +538,13 @@ class PPOTrainer:
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        if cfg.report_to:
+            scalars = {k: v for k, v in vars(cfg).items() if isinstance(v, int | float | str)}
+            self.accelerator.init_trackers("align-ppo", config=scalars)
         metrics: dict = {}
         if self.step == 0:
-            self._log({"step": 0, **self.param_counts, **self.evaluate()})
+            counts = {**self.param_counts, "prompts/truncated": self.truncated_prompts}
+            self._log({"step": 0, **counts, **self.evaluate()})
         while self.step < cfg.total_steps:
             started = time.perf_counter()
             metrics = self.ppo_step()

@@ -12,28 +12,9 @@ from pathlib import Path
 import torch
 
 from align.data import load_records
-from align.ppo import PPOTrainer, WeightedReward, latest_checkpoint
+from align.ppo import PPOTrainer, latest_checkpoint
 from align.ppo_config import PPOConfig
-
-
-def build_rewards(specs: list[dict]) -> list[WeightedReward]:
-    """``[{type: python, fn}, {type: model, path, chat_format?}]`` with optional ``weight``."""
-    from rm.functions import LocalRewardModel, PythonReward
-
-    out = []
-    for k, spec in enumerate(specs):
-        spec = dict(spec)
-        kind, weight = spec.pop("type", None), float(spec.pop("weight", 1.0))
-        if kind == "python":
-            fn = PythonReward(spec["fn"])
-        elif kind == "model":
-            fn = LocalRewardModel.from_pretrained(
-                spec["path"], chat_format=spec.get("chat_format", "hf")
-            )
-        else:
-            raise ValueError(f"rewards[{k}].type: expected 'python' or 'model', got {kind!r}")
-        out.append(WeightedReward(getattr(fn, "__name__", f"reward_{k}"), fn, weight))
-    return out
+from rm.functions import rewards_from_config
 
 
 def _resolve_paths(cfg: PPOConfig) -> dict[str, Path | None]:
@@ -99,12 +80,12 @@ def build_trainer(cfg: PPOConfig) -> PPOTrainer:
 
     torch.manual_seed(cfg.seed)
     paths = _resolve_paths(cfg)
+    prompts = load_records(paths["prompts"], "prompts").to_list()
+    eval_prompts = load_records(paths["eval_prompts"], "prompts").to_list()
     actor, reference, critic, tokenizer = load_models(paths, cfg.seed)
     if cfg.lora_r:
         actor, critic = add_lora(actor, critic, cfg)
         reference = None
-    prompts = load_records(paths["prompts"], "prompts").to_list()
-    eval_prompts = load_records(paths["eval_prompts"], "prompts").to_list()
     engine = GenerateEngine.from_tokenizer(actor, tokenizer, batch_size=64)
     trainer = PPOTrainer(
         cfg,
@@ -112,7 +93,7 @@ def build_trainer(cfg: PPOConfig) -> PPOTrainer:
         reference,
         critic,
         tokenizer,
-        build_rewards(cfg.rewards),
+        rewards_from_config(cfg.rewards),
         prompts,
         engine,
         eval_prompts,

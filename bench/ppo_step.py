@@ -14,12 +14,15 @@ prompt + completion, 1 minibatch of 16, ``--ppo-epochs`` epochs, lr 1e-6, fp32, 
 The peer runs TRL 0.24.0 with transformers 4.57 in a throw-away venv (default
 ``~/.cache/align/bench-trl024-venv``, made with ``python3 -m venv`` + pip the first time, ~1 min,
 reused afterwards). Each side runs in its own process (this file with ``--side``), so peak RSS is
-its own; each does one warm-up step and then ``--steps`` timed ones. The peer's steps are timed
-with a ``TrainerCallback`` (``on_step_end`` to ``on_step_end``); its phases by wrapping the
-helpers its loop calls. Both sides check that they loaded the same weights (a logits fingerprint).
+its own; each does one warm-up step and then ``--steps`` timed ones. The two processes take turns
+step by step (never both computing at once), so other work on the machine slows both alike. The
+peer's steps are timed with a ``TrainerCallback`` (from its turn starting to ``on_step_end``),
+its phases by wrapping the helpers its loop calls. Both sides check that they loaded the same
+weights (a logits fingerprint).
 
-Prints one JSON line per side (median s/step, samples/s, median ms per phase, peak RSS, parameter
-counts), then a summary line with ``speedup_samples_per_s`` = align samples/s / TRL samples/s.
+Prints one JSON line per side (median s/step, samples/s, median CPU s/step, median ms per phase,
+peak RSS, parameter counts), then a summary line with ``speedup_samples_per_s`` = align samples/s
+over TRL samples/s (ratio of the medians) and the speed-up of each pair of turns.
 """
 
 from __future__ import annotations
@@ -91,6 +94,28 @@ def fingerprint(policy, reward, value, ids: list[int]) -> dict:
 
 def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class Control:
+    """A side's end of the lockstep with the driver: before each step it says ``ready`` and
+    waits for ``go``, so the two sides' steps alternate and never overlap. Without ``--ctl`` (a
+    side run by hand) it never waits."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.inbox = self.outbox = None
+        if spec:
+            inbox, outbox = (int(fd) for fd in spec.split(","))
+            self.inbox, self.outbox = os.fdopen(inbox, "r"), os.fdopen(outbox, "w")
+
+    def ready(self) -> None:
+        if self.outbox:
+            self.outbox.write("ready\n")
+            self.outbox.flush()
+
+    def wait_for_go(self) -> None:
+        self.ready()
+        if self.inbox and self.inbox.readline().strip() != "go":
+            raise SystemExit("the driver went away")
 
 
 def summarize(
@@ -194,7 +219,7 @@ def make_reward_fn(reward_model, pad_id: int):
     return rm_fn
 
 
-def run_align(args) -> dict:
+def run_align(args, control: Control) -> dict:
     sys.path.insert(0, str(REPO))
     import transformers
     from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification
@@ -253,6 +278,7 @@ def run_align(args) -> dict:
     )
     durations, cpu, phases, tokens = [], [], [], []
     for step in range(1 + args.steps):
+        control.wait_for_go()
         sink.clear()
         started, started_cpu = time.perf_counter(), time.process_time()
         metrics = trainer.ppo_step()
@@ -323,7 +349,7 @@ def _patch_peer_phases(trainer, ppo_module, sink: dict, tokens: list) -> None:
     trainer.optimizer.step = timed(trainer.optimizer.step, sink, "train_optimizer")
 
 
-def run_peer(args) -> dict:
+def run_peer(args, control: Control) -> dict:
     os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
     import transformers
     import trl
@@ -376,19 +402,27 @@ def run_peer(args) -> dict:
     )
     dataset = Dataset.from_dict({"input_ids": prompts})
 
-    stamps: list[tuple[float, float]] = []  # (wall, cpu) at train begin and each step end
+    # A step runs from "go" (at train begin, then in the previous step's on_step_end) to its
+    # on_step_end, so it includes the tail of the previous iteration (its second gc.collect()).
+    starts: list[tuple[float, float]] = []  # (wall, cpu)
+    ends: list[tuple[float, float]] = []
     sink: dict[str, float] = defaultdict(float)
     phases: list[dict] = []
 
+    def start_step() -> None:
+        control.wait_for_go()
+        sink.clear()
+        starts.append((time.perf_counter(), time.process_time()))
+
     class StepTimer(TrainerCallback):
         def on_train_begin(self, *_, **__):
-            stamps.append((time.perf_counter(), time.process_time()))
-            sink.clear()
+            start_step()
 
-        def on_step_end(self, *_, **__):
-            stamps.append((time.perf_counter(), time.process_time()))
+        def on_step_end(self, _args, state, _control, **__):
+            ends.append((time.perf_counter(), time.process_time()))
             phases.append(dict(sink))
-            sink.clear()
+            if state.global_step < state.max_steps:
+                start_step()
 
     trainer = PPOTrainer(
         args=config,
@@ -405,7 +439,7 @@ def run_peer(args) -> dict:
     _patch_peer_phases(trainer, ppo_module, sink, tokens)
     torch.set_num_threads(THREADS)
     trainer.train()
-    steps = list(zip(stamps, stamps[1:]))[1:]  # drop the warm-up step
+    steps = list(zip(starts, ends))[1:]  # drop the warm-up step
     return summarize(
         "trl-0.24",
         [b[0] - a[0] for a, b in steps],
@@ -447,22 +481,65 @@ def ensure_peer_venv(path: Path) -> Path:
     return python
 
 
-def run_side(python: Path, side: str, models: Path, args) -> dict:
-    result = models / f"{side}.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1", PYTHONNOUSERSITE="1")
-    cmd = [python, str(Path(__file__).resolve()), "--side", side, "--models", str(models)]
-    cmd += ["--steps", str(args.steps), "--ppo-epochs", str(args.ppo_epochs)]
-    cmd += ["--result", str(result)]
+class Side:
+    """A side's process, started by the driver and stepped through :class:`Control`."""
+
+    def __init__(self, python: Path, side: str, models: Path, args) -> None:
+        self.name, self.result, self.log = side, models / f"{side}.json", models / f"{side}.log"
+        to_child, from_driver = os.pipe()
+        from_child, to_driver = os.pipe()
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        env.update(HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1", PYTHONNOUSERSITE="1")
+        cmd = [python, str(Path(__file__).resolve()), "--side", side, "--models", str(models)]
+        cmd += ["--steps", str(args.steps), "--ppo-epochs", str(args.ppo_epochs)]
+        cmd += ["--result", str(self.result), "--ctl", f"{to_child},{to_driver}"]
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=models,
+                pass_fds=(to_child, to_driver),
+            )
+        os.close(to_child)
+        os.close(to_driver)
+        self.outbox, self.inbox = os.fdopen(from_driver, "w"), os.fdopen(from_child, "r")
+
+    def wait_ready(self) -> None:
+        if self.inbox.readline().strip() != "ready":
+            self.proc.wait()
+            sys.stderr.write(self.log.read_text(encoding="utf-8", errors="replace")[-8000:])
+            raise SystemExit(f"{self.name} side failed (exit {self.proc.returncode})")
+
+    def step(self) -> None:
+        self.outbox.write("go\n")
+        self.outbox.flush()
+        self.wait_ready()
+
+    def finish(self) -> dict:
+        if self.proc.wait() != 0:
+            sys.stderr.write(self.log.read_text(encoding="utf-8", errors="replace")[-8000:])
+            raise SystemExit(f"{self.name} side failed (exit {self.proc.returncode})")
+        return json.loads(self.result.read_text(encoding="utf-8"))
+
+
+def run_sides(peer_python: Path, models: Path, args) -> tuple[dict, dict]:
+    """Both sides set up at once, then take turns, one step at a time (who goes first
+    alternates), so load from other work on the machine hits both alike."""
+    peer = Side(peer_python, "peer", models, args)
+    ours = Side(Path(sys.executable), "align", models, args)
+    for side in (peer, ours):
+        side.wait_ready()
     load_before = os.getloadavg()[0]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=models)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-        raise SystemExit(f"{side} side failed (exit {proc.returncode})")
-    row = json.loads(result.read_text(encoding="utf-8"))
-    # Other work on the machine skews wall times: the 1-minute load average before and after.
-    row["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    return row
+    for step in range(1 + args.steps):
+        for side in (peer, ours) if step % 2 == 0 else (ours, peer):
+            side.step()
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    rows = peer.finish(), ours.finish()
+    for row in rows:  # the 1-minute load average before and after the timed steps
+        row["loadavg_1min"] = load
+    return rows
 
 
 def same_models(a: dict, b: dict, tol: float = 1e-4) -> bool:
@@ -479,26 +556,31 @@ def main() -> None:
     parser.add_argument("--side", choices=["align", "peer"], help=argparse.SUPPRESS)
     parser.add_argument("--models", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--ctl", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         torch.set_num_threads(THREADS)
-        row = (run_align if args.side == "align" else run_peer)(args)
+        control = Control(args.ctl)
+        row = (run_align if args.side == "align" else run_peer)(args, control)
         row.update(steps=args.steps, ppo_epochs=args.ppo_epochs, threads=torch.get_num_threads())
         Path(args.result).write_text(json.dumps(row), encoding="utf-8")
+        control.ready()  # finished
         return
     peer_python = ensure_peer_venv(args.peer_venv.expanduser())
     with tempfile.TemporaryDirectory(prefix="align-bench-ppo-") as tmp:
         models = Path(tmp)
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON lines
             build_models(models)
-        peer = run_side(peer_python, "peer", models, args)
+        peer, ours = run_sides(peer_python, models, args)
         print(json.dumps(peer), flush=True)
-        ours = run_side(Path(sys.executable), "align", models, args)
         print(json.dumps(ours), flush=True)
+    paired = [p / a for p, a in zip(peer["s_per_step_all"], ours["s_per_step_all"])]
     print(
         json.dumps(
             {
                 "speedup_samples_per_s": round(ours["samples_per_s"] / peer["samples_per_s"], 2),
+                "speedup_per_step_pair": [round(r, 2) for r in paired],
+                "speedup_cpu_s": round(peer["cpu_s_per_step"] / ours["cpu_s_per_step"], 2),
                 "ppo_epochs": args.ppo_epochs,
                 "steps": args.steps,
                 "align_s_per_step": ours["s_per_step"],

@@ -57,7 +57,7 @@ def run_align(model, batch, new_tokens):
 def run_peer(model, batch, new_tokens):
     from transformers import GenerationConfig
 
-    from rollouts.hf_generate import left_pad
+    from rollouts.base import left_pad
 
     ids, mask = left_pad(batch, 0)
     torch.manual_seed(0)

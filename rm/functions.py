@@ -9,7 +9,9 @@ per sample. ``None`` means "this function does not score this sample".
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -145,3 +147,59 @@ class LocalRewardModel:
 
     def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:
         return self.score_ids(self.encode(prompts, completions)).tolist()
+
+
+@dataclass
+class WeightedReward:
+    """One component of a combined reward."""
+
+    name: str
+    fn: Callable[..., list]
+    weight: float
+
+
+def combine_rewards(
+    rewards: list[WeightedReward], prompts: list, completions: list[str], columns: dict
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of the reward functions' scores ``[N]`` and each component's scores.
+
+    A function returning ``None``, NaN or inf for a sample, or the wrong number of scores, is an
+    error naming the function.
+    """
+    total = torch.zeros(len(completions), dtype=torch.float32)
+    parts = {}
+    for r in rewards:
+        raw = r.fn(prompts=prompts, completions=completions, **columns)
+        if len(raw) != len(completions):
+            raise ValueError(
+                f"reward function '{r.name}' returned {len(raw)} scores for "
+                f"{len(completions)} completions"
+            )
+        bad = [k for k, s in enumerate(raw) if s is None or not math.isfinite(s)]
+        if bad:
+            raise ValueError(
+                f"reward function '{r.name}' returned None/NaN/inf for samples "
+                f"{bad[:10]} (e.g. {raw[bad[0]]!r})"
+            )
+        scores = torch.tensor(raw, dtype=torch.float32)
+        parts[r.name] = scores
+        total += r.weight * scores
+    return total, parts
+
+
+def rewards_from_config(specs: list[dict]) -> list[WeightedReward]:
+    """``[{type: python, fn}, {type: model, path, chat_format?}]`` with optional ``weight``."""
+    out = []
+    for k, spec in enumerate(specs):
+        spec = dict(spec)
+        kind, weight = spec.pop("type", None), float(spec.pop("weight", 1.0))
+        if kind == "python":
+            fn = PythonReward(spec["fn"])
+        elif kind == "model":
+            fn = LocalRewardModel.from_pretrained(
+                spec["path"], chat_format=spec.get("chat_format", "hf")
+            )
+        else:
+            raise ValueError(f"rewards[{k}].type: expected 'python' or 'model', got {kind!r}")
+        out.append(WeightedReward(getattr(fn, "__name__", f"reward_{k}"), fn, weight))
+    return out

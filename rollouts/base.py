@@ -80,15 +80,34 @@ class RolloutBatch:
 
     def padded_completions(self, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-padded ``(ids [B·n, T] long, logprobs [B·n, T] float, mask [B·n, T] bool)``."""
-        width = max((len(c) for c in self.completion_ids), default=0)
-        ids = torch.full((len(self), width), pad_id, dtype=torch.long)
-        logprobs = torch.zeros((len(self), width), dtype=torch.float32)
-        mask = torch.zeros((len(self), width), dtype=torch.bool)
-        for k, (c, lp) in enumerate(zip(self.completion_ids, self.logprobs)):
-            ids[k, : len(c)] = torch.tensor(c, dtype=torch.long)
-            logprobs[k, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
-            mask[k, : len(c)] = True
+        ids, mask = right_pad(self.completion_ids, pad_id)
+        logprobs, _ = right_pad(self.logprobs, 0.0, torch.float32)
         return ids, logprobs, mask
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [B, L], attention_mask [B, L])`` with the padding on the left."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if len(s):
+            ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def right_pad(
+    sequences: Sequence[Sequence], pad: float, dtype: torch.dtype = torch.long
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values [B, L], mask [B, L] bool)`` with the padding on the right."""
+    width = max((len(s) for s in sequences), default=0)
+    values = torch.full((len(sequences), width), pad, dtype=dtype)
+    mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for i, s in enumerate(sequences):
+        values[i, : len(s)] = torch.tensor(list(s), dtype=dtype)
+        mask[i, : len(s)] = True
+    return values, mask
 
 
 @runtime_checkable

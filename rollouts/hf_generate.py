@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from rollouts.base import FinishReason, RolloutBatch, SamplingParams
+from rollouts.base import FinishReason, RolloutBatch, SamplingParams, left_pad
 
 
 class _LogprobRecorder(LogitsProcessor):
@@ -37,18 +37,6 @@ class _LogprobRecorder(LogitsProcessor):
         self._gather(last_tokens)
         self.pending = None
         return torch.stack(self.steps, dim=1)
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids [B, L], attention_mask [B, L])`` with the padding on the left."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if len(s):
-            ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
 
 
 class GenerateEngine:

@@ -8,15 +8,9 @@ import pytest
 import torch
 
 from align.mixture import MixtureSampler
-from align.ppo import (
-    Experience,
-    WeightedReward,
-    build_sequences,
-    combine_rewards,
-    completion_logprobs,
-    completion_values,
-)
+from align.ppo import Experience, build_sequences, completion_logprobs, completion_values
 from align.ppo_config import PPOConfig
+from rm.functions import WeightedReward, combine_rewards
 from rollouts.base import SamplingParams
 from rollouts.hf_generate import GenerateEngine
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rollouts.base import RolloutBatch, RolloutEngine, SamplingParams
-from rollouts.hf_generate import GenerateEngine, left_pad
+from rollouts.base import RolloutBatch, RolloutEngine, SamplingParams, left_pad
+from rollouts.hf_generate import GenerateEngine
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [20], [30, 31]]
 
