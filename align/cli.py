@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+import align.cli_serve  # noqa: F401  (registers align rm serve)
 from align import __version__
 from align.cli_rm import rm_app
 
@@ -206,6 +207,23 @@ def data_validate(
     for category, count in sorted(report.counts.items()):
         table.add_row(category, str(count))
     console.print(table)
+
+
+@data_app.command("financeiq-prefs")
+def data_financeiq_prefs(
+    directory: Path = typer.Argument(..., help="Folder of FinanceIQ-format MCQ CSV files."),
+    out: Path = typer.Option(..., help="Preference records to write (JSONL)."),
+) -> None:
+    """FinanceIQ MCQs → preference pairs: chosen names the correct option, rejected a wrong one
+    (one pair per wrong option), category = the exam (file stem)."""
+    from align.data import write_jsonl
+    from align.pref_data import financeiq_prefs
+
+    conversion = financeiq_prefs(directory)
+    n = write_jsonl(conversion.records, out)
+    console.print(f"{out}: {n} preference pairs", markup=False, highlight=False)
+    for reason, count in conversion.skipped.items():
+        console.print(f"left out {count}: {reason}", markup=False, highlight=False)
 
 
 def main() -> None:

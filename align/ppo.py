@@ -32,7 +32,7 @@ from align.chat_formats import get_chat_format
 from align.data import messages_of
 from align.mixture import MixtureSampler
 from align.ppo_config import PPOConfig
-from rm.functions import WeightedReward, combine_rewards
+from rm.functions import WeightedReward, combine_rewards, score_rewards
 from rm.model import token_scores
 from rollouts.base import RolloutBatch, RolloutEngine, SamplingParams, left_pad, right_pad
 
@@ -304,9 +304,11 @@ class PPOTrainer:
                 "prompt_ids": batch.prompt_ids,
                 "completion_ids": batch.completion_ids,
             }
-            scores, parts = combine_rewards(
+            scored = score_rewards(
                 self.rewards, self._prompts_for_rewards(sample_rows), texts, columns
             )
+            scores, parts = scored.total, scored.parts
+            exp.mask = exp.mask & scored.kept.to(dev)[:, None]  # dropped samples: no tokens
         truncated = torch.tensor([f == "length" for f in batch.finish_reasons])
         if self.cfg.missing_eos_penalty is not None:
             scores = scores - self.cfg.missing_eos_penalty * truncated.float()
@@ -318,6 +320,7 @@ class PPOTrainer:
         exp.scores = scores.to(dev)
         info = {
             "parts": parts,
+            "dropped": ~scored.kept,
             "truncated": truncated,
             "lengths": mask.sum(1),
             "categories": [r["category"] for r in sample_rows],
@@ -482,6 +485,7 @@ class PPOTrainer:
             "val/eos_rate": (~info["truncated"]).float(),
             "response_length": info["lengths"].float(),
             **{f"reward/{name}": s for name, s in info["parts"].items()},
+            "reward/dropped": info["dropped"].float(),
         }
         metrics = self._mean_over_samples(per_sample)
         metrics["objective/beta"] = self.kl_ctl.value

@@ -36,8 +36,9 @@ class PPOConfig:
     )
     critic_from_policy: bool = _help("Initialise the critic from the policy's body instead.", False)
     rewards: list[dict] = _help_factory(
-        "Reward functions: [{type: python, fn: 'pkg.mod:f', weight: 1.0}, "
-        "{type: model, path: DIR, chat_format: hf, weight: 1.0}].",
+        "Reward sources, weighted and summed: {type: model, path, chat_format, normalize}, "
+        "{type: http, url, token_env}, {type: python, fn: 'pkg.mod:f' or 'file.py:f'}, "
+        "{type: rule, rule: tiny|mcq|length|format}; each with weight, name, on_invalid.",
         lambda: [{"type": "python", "fn": TINY_REWARD, "weight": 1.0}],
     )
     prompts: str | None = _help("Prompt records (JSONL/Parquet/CSV/dir); none = tiny world.", None)

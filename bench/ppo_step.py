@@ -96,6 +96,10 @@ def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 class Control:
     """A side's end of the lockstep with the driver: before each step it says ``ready`` and
     waits for ``go``, so the two sides' steps alternate and never overlap. Without ``--ctl`` (a
@@ -134,7 +138,7 @@ def summarize(
         "s_per_step_all": [round(d, 3) for d in durations],
         "cpu_s_per_step": round(statistics.median(cpu), 3),
         "phases_ms": phase_ms,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         **extra,
     }
 
@@ -277,6 +281,7 @@ def run_align(args, control: Control) -> dict:
         trainer.accelerator.clip_grad_norm_, sink, "train_clip_grad"
     )
     durations, cpu, phases, tokens = [], [], [], []
+    setup_rss = peak_rss_mb()
     for step in range(1 + args.steps):
         control.wait_for_go()
         sink.clear()
@@ -307,6 +312,7 @@ def run_align(args, control: Control) -> dict:
             },
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
             "fingerprint": check,
+            "peak_rss_before_steps_mb": setup_rss,
         },
     )
 
@@ -408,6 +414,7 @@ def run_peer(args, control: Control) -> dict:
     ends: list[tuple[float, float]] = []
     sink: dict[str, float] = defaultdict(float)
     phases: list[dict] = []
+    setup_rss: list[float] = []
 
     def start_step() -> None:
         control.wait_for_go()
@@ -416,6 +423,7 @@ def run_peer(args, control: Control) -> dict:
 
     class StepTimer(TrainerCallback):
         def on_train_begin(self, *_, **__):
+            setup_rss.append(peak_rss_mb())
             start_step()
 
         def on_step_end(self, _args, state, _control, **__):
@@ -458,6 +466,7 @@ def run_peer(args, control: Control) -> dict:
                 "trl": trl.__version__,
             },
             "fingerprint": check,
+            "peak_rss_before_steps_mb": setup_rss[0],
         },
     )
 
@@ -535,6 +544,8 @@ def run_sides(peer_python: Path, models: Path, args) -> tuple[dict, dict]:
     for step in range(1 + args.steps):
         for side in (peer, ours) if step % 2 == 0 else (ours, peer):
             side.step()
+            if step == args.steps:  # its exit must not overlap the other side's last step
+                side.proc.wait()
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     rows = peer.finish(), ours.finish()
     for row in rows:  # the 1-minute load average before and after the timed steps

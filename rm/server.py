@@ -1,0 +1,256 @@
+"""The reward server behind ``align rm serve``: a reward function over HTTP (FastAPI + uvicorn).
+
+Speaks the protocol of :mod:`rm.remote` (``POST /score``, ``GET /health``). Concurrent requests
+are batched: one worker scores whatever requests are waiting when the previous batch finishes (up
+to ``max_batch`` samples; a larger request is scored alone), in a thread so the event loop keeps
+accepting connections. Each request gets its own scores back, in its own order.
+
+Guards: request bodies over ``max_request_bytes`` → 413; more than ``max_items`` samples → 413;
+malformed JSON or fields → 400 with the reason; a configured token must come as
+``Authorization: Bearer <token>`` (compared in constant time) → else 401. Non-finite scores are
+sent as ``null``. Binds 127.0.0.1 unless told otherwise.
+"""
+
+import asyncio
+import hmac
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+class BadRequest(ValueError):
+    """A request the server refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def _check_texts(name: str, values) -> None:
+    if not isinstance(values, list):
+        raise BadRequest(f"'{name}' must be a list")
+    for k, v in enumerate(values):
+        if isinstance(v, str):
+            continue
+        ok = isinstance(v, list) and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in v
+        )
+        if not ok:
+            raise BadRequest(
+                f"'{name}[{k}]' must be a string or a list of {{role, content}} messages"
+            )
+
+
+def parse_request(body: bytes, max_items: int) -> tuple[list, list, dict, object]:
+    """``(prompts, completions, metadata, id)`` of a ``/score`` body, or :class:`BadRequest`."""
+    try:
+        request = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadRequest(f"malformed JSON: {err}") from None
+    if not isinstance(request, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = set(request) - {"prompts", "completions", "metadata", "id"}
+    if unknown:
+        raise BadRequest(f"unknown fields {sorted(unknown)}")
+    prompts, completions = request.get("prompts"), request.get("completions")
+    _check_texts("prompts", prompts)
+    _check_texts("completions", completions)
+    if len(prompts) != len(completions):
+        raise BadRequest(f"{len(prompts)} prompts but {len(completions)} completions")
+    if len(prompts) > max_items:
+        raise BadRequest(f"{len(prompts)} samples, at most {max_items} per request", 413)
+    metadata = request.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise BadRequest("'metadata' must be an object of columns")
+    for key, column in metadata.items():
+        if not isinstance(column, list) or len(column) != len(prompts):
+            raise BadRequest(f"metadata '{key}' must be a list of {len(prompts)} values")
+    return prompts, completions, metadata, request.get("id")
+
+
+@dataclass
+class _Job:
+    prompts: list
+    completions: list
+    metadata: dict
+    future: asyncio.Future
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    samples: int = 0
+    batches: int = 0
+    rejected: int = 0
+    largest_batch: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _merge(jobs: list[_Job]) -> tuple[list, list, dict]:
+    prompts = [p for j in jobs for p in j.prompts]
+    completions = [c for j in jobs for c in j.completions]
+    keys = sorted({k for j in jobs for k in j.metadata})
+    columns = {
+        k: [v for j in jobs for v in j.metadata.get(k, [None] * len(j.prompts))] for k in keys
+    }
+    return prompts, completions, columns
+
+
+def _as_json_scores(scores) -> list[float | None]:
+    out = []
+    for s in scores:
+        ok = isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s)
+        out.append(float(s) if ok else None)
+    return out
+
+
+class Batcher:
+    """Collects concurrent requests and scores them together in a worker thread."""
+
+    def __init__(self, score: Callable, max_batch: int, stats: Stats) -> None:
+        self.score, self.max_batch, self.stats = score, max_batch, stats
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+        self.held: _Job | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def submit(self, prompts: list, completions: list, metadata: dict) -> list:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Job(prompts, completions, metadata, future))
+        return await future
+
+    def _take(self, first: _Job) -> list[_Job]:
+        """``first`` plus the waiting jobs that fit in ``max_batch`` samples; a job that does not
+        fit is held back to start the next batch (so arrival order is kept)."""
+        jobs, n = [first], len(first.prompts)
+        while self.held is None and not self.queue.empty():
+            job = self.queue.get_nowait()
+            if n + len(job.prompts) > self.max_batch:
+                self.held = job
+                break
+            jobs.append(job)
+            n += len(job.prompts)
+        return jobs
+
+    async def _next(self) -> _Job:
+        if self.held is not None:
+            job, self.held = self.held, None
+            return job
+        return await self.queue.get()
+
+    async def _run(self) -> None:
+        while True:
+            jobs = self._take(await self._next())
+            prompts, completions, columns = _merge(jobs)
+            try:
+                scores = await asyncio.to_thread(
+                    self.score, prompts=prompts, completions=completions, **columns
+                )
+                if len(scores) != len(prompts):
+                    raise RuntimeError(f"scorer returned {len(scores)} for {len(prompts)}")
+                scores = _as_json_scores(scores)
+            except Exception as err:  # every waiting request hears about it
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(err)
+                continue
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(prompts))
+            start = 0
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_result(scores[start : start + len(j.prompts)])
+                start += len(j.prompts)
+
+
+def _authorized(header: str | None, token: str | None) -> bool:
+    if not token:
+        return True
+    expected = f"Bearer {token}".encode()
+    return hmac.compare_digest((header or "").encode(), expected)
+
+
+async def _read_body(request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"body of {declared} bytes, at most {limit}", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"body over {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    score: Callable,
+    token: str | None = None,
+    max_batch: int = 64,
+    max_request_bytes: int = 1 << 20,
+    max_items: int = 1024,
+    info: dict | None = None,
+):
+    """A FastAPI app serving ``score`` (a TRL ``reward_funcs`` callable)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    stats = Stats(extra=dict(info or {}))
+    batcher = Batcher(score, max_batch, stats)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="align reward server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.stats = stats
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            **stats.extra,
+            **{k: v for k, v in vars(stats).items() if k != "extra"},
+        }
+
+    @app.post("/score")
+    async def score_endpoint(request: Request):
+        if not _authorized(request.headers.get("authorization"), token):
+            stats.rejected += 1
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        try:
+            body = await _read_body(request, max_request_bytes)
+            prompts, completions, metadata, request_id = parse_request(body, max_items)
+        except BadRequest as err:
+            stats.rejected += 1
+            return JSONResponse({"error": str(err)}, status_code=err.status)
+        try:
+            scores = await batcher.submit(prompts, completions, metadata) if prompts else []
+        except Exception as err:
+            return JSONResponse({"error": f"scoring failed: {err}"}, status_code=500)
+        stats.requests += 1
+        stats.samples += len(prompts)
+        answer = {"scores": scores}
+        if request_id is not None:
+            answer["id"] = request_id
+        return answer
+
+    return app
+
+
+def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+    """Run ``app`` with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
