@@ -106,7 +106,8 @@ def completion_logprobs(
         logits_to_keep=width + 1,
     ).logits[:, :-1]
     logprobs = ca.logprobs_from_logits(logits, exp.completion_ids, temperature)
-    entropy = ca.entropy_from_logits(logits / temperature) if with_entropy else None
+    # entropy is only reported: no autograd graph over [N, T, V]
+    entropy = ca.entropy_from_logits(logits.detach() / temperature) if with_entropy else None
     return logprobs, entropy
 
 

@@ -17,8 +17,11 @@ reused afterwards). Each side runs in its own process (this file with ``--side``
 its own; each does one warm-up step and then ``--steps`` timed ones. The two processes take turns
 step by step (never both computing at once), so other work on the machine slows both alike. The
 peer's steps are timed with a ``TrainerCallback`` (from its turn starting to ``on_step_end``),
-its phases by wrapping the helpers its loop calls. Both sides check that they loaded the same
-weights (a logits fingerprint).
+its phases by wrapping the helpers its loop calls. align's side calls ``PPOTrainer.ppo_step()``
+with ``trainer.prompt_ids`` set to the exact token ids and a sampler that hands out each of the
+16 prompts once per step (the mixture sampler would draw with replacement); its phases are the
+trainer's own ``time/*`` metrics plus wrapped backward / clip / optimizer / advantage calls. Both
+sides check that they loaded the same weights (a logits fingerprint).
 
 Prints one JSON line per side (median s/step, samples/s, median CPU s/step, median ms per phase,
 peak RSS, parameter counts), then a summary line with ``speedup_samples_per_s`` = align samples/s
