@@ -13,6 +13,7 @@ from rm.functions import (
     load_callable,
 )
 from rm.model import last_token_scores
+from tests.helpers import random_reward_model
 
 
 def length_reward(prompts, completions, **kwargs):
@@ -61,26 +62,9 @@ def test_as_conversation_accepts_strings_and_messages():
     assert as_conversation(conv, [{"role": "assistant", "content": "a2"}])[-1]["content"] == "a2"
 
 
-def _random_reward_model(tokenizer, pad_token_id):
-    from transformers import AutoModelForSequenceClassification, LlamaConfig
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        pad_token_id=pad_token_id,
-    )
-    config.num_labels = 1
-    return AutoModelForSequenceClassification.from_config(config).eval()
-
-
 def test_local_reward_model_scores_the_rendered_conversation_at_its_last_token(world_tokenizer):
     tok = world_tokenizer
-    model = _random_reward_model(tok, tok.pad_token_id)
+    model = random_reward_model(tok, tok.pad_token_id)
     reward = LocalRewardModel(model, tok, chat_format="xuanyuan-6b", batch_size=2)
     prompts = ["什么是市盈率？", "什么是国债？", [{"role": "user", "content": "你好"}]]
     completions = ["市盈率是指股票价格与每股收益的比率。", "不知道", "您好"]
@@ -102,7 +86,7 @@ def test_local_reward_model_scores_the_rendered_conversation_at_its_last_token(w
 def test_scores_read_at_eos_even_when_pad_equals_eos(world_tokenizer):
     """HF's pooling looks for the last token != pad id; with pad == eos it would skip the EOS."""
     tok = world_tokenizer
-    model = _random_reward_model(tok, pad_token_id=tok.eos_token_id)
+    model = random_reward_model(tok, pad_token_id=tok.eos_token_id)
     ids = torch.tensor(
         [[10, 11, 12, tok.eos_token_id], [13, 14, tok.eos_token_id, tok.eos_token_id]]
     )
@@ -118,7 +102,7 @@ def test_scores_read_at_eos_even_when_pad_equals_eos(world_tokenizer):
 
 def test_left_truncation_keeps_the_end_of_the_answer(world_tokenizer):
     tok = world_tokenizer
-    model = _random_reward_model(tok, tok.pad_token_id)
+    model = random_reward_model(tok, tok.pad_token_id)
     reward = LocalRewardModel(model, tok, "xuanyuan-6b", max_length=8)
     (ids,) = reward.encode(["很长的问题" * 20], ["回答"])
     assert len(ids) == 8 and ids[-1] == tok.eos_token_id
@@ -126,7 +110,7 @@ def test_left_truncation_keeps_the_end_of_the_answer(world_tokenizer):
 
 def test_local_reward_model_round_trip_from_disk(tmp_path, world_tokenizer):
     tok = world_tokenizer
-    model = _random_reward_model(tok, tok.pad_token_id)
+    model = random_reward_model(tok, tok.pad_token_id)
     model.save_pretrained(tmp_path, safe_serialization=True)
     tok.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
@@ -136,7 +120,7 @@ def test_local_reward_model_round_trip_from_disk(tmp_path, world_tokenizer):
 
 
 def test_local_reward_model_rejects_multi_label_heads(world_tokenizer):
-    model = _random_reward_model(world_tokenizer, world_tokenizer.pad_token_id)
+    model = random_reward_model(world_tokenizer, world_tokenizer.pad_token_id)
     model.config.num_labels = 2
     with pytest.raises(ValueError, match="num_labels == 1"):
         LocalRewardModel(model, world_tokenizer)

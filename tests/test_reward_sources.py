@@ -19,6 +19,7 @@ from rm.functions import (
     score_rewards,
 )
 from rm.rules import FormatPenalty, LengthPenalty, extract_choice, make_rule, mcq_match
+from tests.helpers import random_reward_model
 
 
 def const(value):
@@ -165,20 +166,7 @@ def test_normalise_then_sum_and_sum_then_normalise():
 
 
 def _save_reward_model(path, tokenizer):
-    from transformers import AutoModelForSequenceClassification, LlamaConfig
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config.num_labels = 1
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(path)
+    random_reward_model(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 
