@@ -597,6 +597,7 @@ class PPOTrainer:
                     tmp / name, state_dict=part, safe_serialization=True
                 )
         acc.save_state(str(tmp / "accelerate"))
+        acc.wait_for_everyone()  # every rank has written its shards before the rename
         if acc.is_main_process:
             self.tokenizer.save_pretrained(tmp / "actor")
             torch.save(self._state(), tmp / "trainer_state.pt")

@@ -57,7 +57,9 @@ def align_ppo(*args, timeout=900):
         env=env,
         timeout=timeout,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    # every rank's error lines first: the rank that crashed is rarely the last one to print
+    rank_errors = [line for line in done.stderr.splitlines() if "Error" in line]
+    assert done.returncode == 0, "\n".join(rank_errors[-20:]) + done.stderr[-4000:]
     return done
 
 
