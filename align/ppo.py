@@ -193,6 +193,7 @@ class PPOTrainer:
         )
         self.score_stats = ca.RunningMoments()
         self.step, self.bad_steps = 0, 0
+        self.synced_at_step: int | None = None
         self.out = Path(cfg.output_dir)
         self.sampling = SamplingParams(
             max_new_tokens=cfg.max_new_tokens,
@@ -272,12 +273,33 @@ class PPOTrainer:
     def _prompts_for_rewards(rows: list[dict]) -> list:
         return [r["prompt"] if r.get("prompt") else messages_of(r) for r in rows]
 
-    def _generate(self, prompt_ids: list[list[int]], sampling: SamplingParams, n: int):
+    def _generate(
+        self,
+        prompt_ids: list[list[int]],
+        sampling: SamplingParams,
+        n: int,
+        times: dict | None = None,
+        force_sync: bool = False,
+    ):
+        """Generate with the engine, first syncing the actor's weights into it when due: at the
+        first call, every ``sync_every`` steps, and when ``force_sync`` (evaluation)."""
         from trl.models import unwrap_model_for_generation
 
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
-            self.engine.sync_weights(unwrapped.actor)
+            if self._sync_due(force_sync):
+                started = time.perf_counter()
+                self.engine.sync_weights(unwrapped.actor)
+                self.synced_at_step = self.step
+                if times is not None:
+                    times["time/weight_sync"] = time.perf_counter() - started
             return self.engine.generate(prompt_ids, sampling, n)
+
+    def _sync_due(self, force: bool) -> bool:
+        if self.synced_at_step is None:
+            return True
+        if self.synced_at_step == self.step:  # weights only change between steps
+            return False
+        return force or self.step - self.synced_at_step >= self.cfg.sync_every
 
     def _reference_logprobs(self, exp: Experience) -> torch.Tensor:
         if self.reference is not None:
@@ -291,7 +313,7 @@ class PPOTrainer:
         """Generate, score and evaluate this process's share; returns (Experience, info)."""
         n = self.cfg.samples_per_prompt
         with self._timer(times, "generate"):
-            batch: RolloutBatch = self._generate(prompt_ids, self.sampling, n)
+            batch: RolloutBatch = self._generate(prompt_ids, self.sampling, n, times)
         ids, attn, pos, mask = build_sequences(
             batch.prompt_ids, batch.completion_ids, self.tokenizer.pad_token_id
         )
@@ -316,6 +338,7 @@ class PPOTrainer:
         self.model.eval()
         with self._timer(times, "policy_value_forward"):
             exp.old_logprobs, _, exp.values = self.model(exp, self.cfg.temperature)
+        gap = self._logprob_gap(batch, exp.old_logprobs, mask.to(dev))
         with self._timer(times, "reference"):
             exp.ref_logprobs = self._reference_logprobs(exp)
         exp.scores = scores.to(dev)
@@ -325,8 +348,20 @@ class PPOTrainer:
             "truncated": truncated,
             "lengths": mask.sum(1),
             "categories": [r["category"] for r in sample_rows],
+            "logprob_gap": gap,
         }
         return exp, info
+
+    @staticmethod
+    def _logprob_gap(
+        batch: RolloutBatch, trainer_logprobs: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(sum, count, max)`` of |engine logprob − trainer logprob| over completion tokens:
+        the engine's sampling logprobs against the teacher-forced forward of the same tokens
+        (stale or wrongly synced weights show up here)."""
+        _, engine_logprobs, _ = batch.padded_completions(0)
+        diff = (engine_logprobs.to(trainer_logprobs) - trainer_logprobs).abs() * mask
+        return diff.sum(), mask.sum(), diff.max() if diff.numel() else diff.new_zeros(())
 
     def _global_sum(self, *xs: torch.Tensor) -> list[torch.Tensor]:
         stacked = torch.stack([x.detach().double().reshape(()) for x in xs])
@@ -489,6 +524,7 @@ class PPOTrainer:
             "reward/dropped": info["dropped"].float(),
         }
         metrics = self._mean_over_samples(per_sample)
+        metrics.update(self._gap_metrics(*info["logprob_gap"]))
         metrics["objective/beta"] = self.kl_ctl.value
         metrics["lr/actor"] = self.scheduler.get_last_lr()[0]
         by_cat: dict[str, list[float]] = defaultdict(list)
@@ -497,6 +533,15 @@ class PPOTrainer:
         for c, s in by_cat.items():  # this process's samples; per-category means are indicative
             metrics[f"reward/category/{c}"] = sum(s) / len(s)
         return metrics
+
+    def _gap_metrics(self, total: torch.Tensor, count: torch.Tensor, peak: torch.Tensor) -> dict:
+        total, count = self._global_sum(total, count)
+        if self.accelerator.num_processes > 1:
+            peak = self.accelerator.gather(peak.reshape(1)).max()
+        return {
+            "rollout/logprob_gap_mean": float(total / count.clamp(min=1)),
+            "rollout/logprob_gap_max": float(peak),
+        }
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -512,7 +557,9 @@ class PPOTrainer:
         )
         with torch.random.fork_rng(devices=[]):  # the training stream stays untouched
             torch.manual_seed(cfg.seed + 1_000_003 + self.accelerator.process_index)
-            batch = self._generate([self._encode_prompt(r) for r in mine], sampling, 1)
+            batch = self._generate(
+                [self._encode_prompt(r) for r in mine], sampling, 1, force_sync=True
+            )
         texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
         scores, _ = combine_rewards(
             self.rewards, self._prompts_for_rewards(mine), texts, self._columns(mine)

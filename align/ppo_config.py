@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 TINY_REWARD = "align.tiny.reward:tiny_world_reward"
+ROLLOUT_ENGINES = ("hf", "vllm", "vllm-server")
 
 
 def _help(text: str, default):
@@ -35,6 +36,11 @@ class PPOConfig:
         None,
     )
     critic_from_policy: bool = _help("Initialise the critic from the policy's body instead.", False)
+    reference: str | None = _help(
+        "Reference model directory for the KL term; none = the policy (PEI keeps the SFT model "
+        "here while the actor continues from the last round).",
+        None,
+    )
     rewards: list[dict] = _help_factory(
         "Reward sources, weighted and summed: {type: model, path, chat_format, normalize}, "
         "{type: http, url, token_env}, {type: python, fn: 'pkg.mod:f' or 'file.py:f'}, "
@@ -66,6 +72,34 @@ class PPOConfig:
     temperature: float = _help("Sampling temperature [S: 0.7, XuanYuan-13B].", 0.7)
     top_p: float = _help("Nucleus sampling [S: 0.9, XuanYuan-13B].", 0.9)
     top_k: int = _help("Top-k sampling (0 = off; 1 makes sampling deterministic).", 0)
+    rollout_engine: str = _help(
+        "Rollout engine: hf (transformers generate), vllm (colocated vllm.LLM) or vllm-server "
+        "(an OpenAI-compatible vLLM server; YAML may also spell it rollout.engine).",
+        "hf",
+    )
+    sync_every: int = _help(
+        "Copy the actor's weights into a vLLM engine every N PPO steps (1 = before every "
+        "rollout); the hf engine always generates with the live actor.",
+        1,
+    )
+    vllm_gpu_memory_utilization: float = _help(
+        "vLLM: GPU memory fraction for weights + KV cache (colocated with training).", 0.3
+    )
+    vllm_tensor_parallel_size: int = _help("vLLM: tensor parallel size.", 1)
+    vllm_max_model_len: int | None = _help("vLLM: context length; none = the model's.", None)
+    vllm_dtype: str = _help("vLLM: auto (the actor's), float32, bfloat16 or float16.", "auto")
+    vllm_sleep_mode: bool = _help(
+        "vLLM: release weights and KV cache between rollouts (GPU only).", False
+    )
+    vllm_kv_cache_bytes: int | None = _help(
+        "vLLM: explicit KV cache size in bytes; none = from the memory fraction on GPU, 512 MiB "
+        "on CPU (where the fraction would be of host memory).",
+        None,
+    )
+    vllm_server_url: str | None = _help(
+        "vllm-server: URL of a running server; none = start one on 127.0.0.1.", None
+    )
+    vllm_server_timeout_s: float = _help("vllm-server: per-request timeout in seconds.", 300.0)
     missing_eos_penalty: float | None = _help(
         "Subtracted from the score of a completion that hit the length limit without EOS.", 1.0
     )
@@ -123,6 +157,8 @@ class PPOConfig:
             "micro_batch_size",
             "kl_horizon",
             "max_bad_steps",
+            "sync_every",
+            "vllm_tensor_parallel_size",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -143,6 +179,26 @@ class PPOConfig:
             raise ValueError(f"lora_r: expected >= 0 (0 = off), got {self.lora_r}")
         if not self.rewards:
             raise ValueError("rewards: expected at least one reward function")
+        self._check_rollout_engine()
+
+    def _check_rollout_engine(self) -> None:
+        if self.rollout_engine not in ROLLOUT_ENGINES:
+            raise ValueError(
+                f"rollout_engine: expected one of {', '.join(ROLLOUT_ENGINES)}, "
+                f"got {self.rollout_engine!r}"
+            )
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                "vllm_gpu_memory_utilization: expected in (0, 1], "
+                f"got {self.vllm_gpu_memory_utilization}"
+            )
+        if self.vllm_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"vllm_dtype: expected auto, float32, bfloat16 or float16, got {self.vllm_dtype!r}"
+            )
+        url = self.vllm_server_url
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"vllm_server_url: expected http(s)://host:port, got {url!r}")
 
     @classmethod
     def from_sources(cls, config: str | Path | None = None, overrides: list[str] = ()) -> PPOConfig:
@@ -156,6 +212,7 @@ class PPOConfig:
             values.update(loaded)
         values.update(_parse_overrides(list(overrides)))
         known = {f.name for f in dataclasses.fields(cls)}
+        values = _flat_names(values, known)
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown PPOConfig fields {unknown}; see `align ppo --show-config`")
@@ -177,6 +234,27 @@ def resolve_config_path(config: str | Path) -> Path:
         return shipped
     names = sorted(p.stem.removeprefix("ppo_") for p in SHIPPED_CONFIGS.glob("ppo_*.yaml"))
     raise FileNotFoundError(f"{config}: no such config file (shipped configs: {', '.join(names)})")
+
+
+def _flat_names(values: dict, known: set[str]) -> dict:
+    """Dotted or nested spellings of flat fields: ``rollout.engine: vllm`` and
+    ``rollout: {engine: vllm}`` both mean ``rollout_engine: vllm``. Keys that are fields stay."""
+    pairs: list[tuple[str, object]] = []
+    for key, value in values.items():
+        flat = key.replace(".", "_")
+        if key in known or flat in known:
+            pairs.append((key if key in known else flat, value))
+        elif isinstance(value, dict):
+            nested = {f"{flat}_{k}": v for k, v in value.items()}
+            pairs.extend(_flat_names(nested, known).items())
+        else:
+            pairs.append((key, value))  # reported as unknown by the caller
+    out: dict = {}
+    for name, value in pairs:
+        if name in out:
+            raise ValueError(f"{name}: given twice (in two spellings)")
+        out[name] = value
+    return out
 
 
 def _coerce_numbers(cls: type, values: dict) -> dict:

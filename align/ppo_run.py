@@ -15,6 +15,7 @@ from align.data import load_records
 from align.ppo import PPOTrainer, latest_checkpoint
 from align.ppo_config import PPOConfig
 from rm.functions import rewards_from_config
+from rollouts.base import RolloutEngine
 
 
 def _resolve_paths(cfg: PPOConfig) -> dict[str, Path | None]:
@@ -34,6 +35,7 @@ def _resolve_paths(cfg: PPOConfig) -> dict[str, Path | None]:
         else Path(cfg.critic)
         if cfg.critic
         else world.reward,
+        "reference": Path(cfg.reference) if cfg.reference else None,
         "prompts": Path(cfg.prompts) if cfg.prompts else world.data("prompts"),
         "eval_prompts": Path(cfg.eval_prompts) if cfg.eval_prompts else world.data("eval_prompts"),
     }
@@ -47,7 +49,11 @@ def load_models(paths: dict, seed: int):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     actor = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True)
-    reference = copy.deepcopy(actor)
+    reference = (
+        AutoModelForCausalLM.from_pretrained(paths["reference"], use_safetensors=True)
+        if paths.get("reference")
+        else copy.deepcopy(actor)
+    )
     if paths["critic"] is not None:
         critic = AutoModelForSequenceClassification.from_pretrained(
             paths["critic"], num_labels=1, use_safetensors=True
@@ -75,9 +81,50 @@ def add_lora(actor, critic, cfg: PPOConfig):
     return get_peft_model(actor, lora("CAUSAL_LM")), get_peft_model(critic, lora("SEQ_CLS"))
 
 
-def build_trainer(cfg: PPOConfig) -> PPOTrainer:
-    from rollouts.hf_generate import GenerateEngine
+def engine_options(cfg: PPOConfig) -> dict:
+    """The factory options of ``cfg.rollout_engine`` from the flat ``vllm_*`` fields."""
+    if cfg.rollout_engine == "hf":
+        return {"batch_size": 64}
+    if cfg.rollout_engine == "vllm-server" and cfg.vllm_server_url:
+        return {"url": cfg.vllm_server_url, "timeout_s": cfg.vllm_server_timeout_s}
+    options = {
+        "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+        "tensor_parallel_size": cfg.vllm_tensor_parallel_size,
+        "max_model_len": cfg.vllm_max_model_len,
+        "dtype": cfg.vllm_dtype,
+        "enable_sleep_mode": cfg.vllm_sleep_mode,
+        "kv_cache_memory_bytes": cfg.vllm_kv_cache_bytes,
+        "seed": cfg.seed,
+    }
+    if cfg.rollout_engine == "vllm-server":
+        options["timeout_s"] = cfg.vllm_server_timeout_s
+    return options
 
+
+def build_engine(cfg: PPOConfig, actor: torch.nn.Module, tokenizer, policy_path: Path):
+    """``hf`` generates with the live actor; vLLM engines load the policy directory (the actor's
+    starting weights) and follow the actor through weight sync. ``vllm_dtype: auto`` means the
+    actor's dtype: vLLM's own "auto" may pick bfloat16 for a float32 checkpoint, and the
+    sampling logprobs would then drift from the trainer's (the logged gap shows it)."""
+    import os
+
+    from rollouts.factory import make_engine
+
+    if cfg.rollout_engine == "hf":
+        return make_engine("hf", actor, tokenizer, **engine_options(cfg))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            f"rollout_engine: {cfg.rollout_engine} with several training processes is not "
+            "supported yet; use hf"
+        )
+    options = engine_options(cfg)
+    if options.get("dtype") == "auto":
+        options["dtype"] = str(next(actor.parameters()).dtype).removeprefix("torch.")
+    return make_engine(cfg.rollout_engine, policy_path, tokenizer, **options)
+
+
+def build_trainer(cfg: PPOConfig, engine: RolloutEngine | None = None) -> PPOTrainer:
+    """Everything from the config; ``engine`` replaces the one ``cfg.rollout_engine`` names."""
     torch.manual_seed(cfg.seed)
     paths = _resolve_paths(cfg)
     prompts = load_records(paths["prompts"], "prompts").to_list()
@@ -85,8 +132,9 @@ def build_trainer(cfg: PPOConfig) -> PPOTrainer:
     actor, reference, critic, tokenizer = load_models(paths, cfg.seed)
     if cfg.lora_r:
         actor, critic = add_lora(actor, critic, cfg)
-        reference = None
-    engine = GenerateEngine.from_tokenizer(actor, tokenizer, batch_size=64)
+        if not cfg.reference:  # the actor with its adapters disabled
+            reference = None
+    engine = engine or build_engine(cfg, actor, tokenizer, paths["policy"])
     trainer = PPOTrainer(
         cfg,
         actor,
@@ -109,5 +157,17 @@ def build_trainer(cfg: PPOConfig) -> PPOTrainer:
 
 
 def run_ppo(cfg: PPOConfig, progress: Callable[[int, dict], None] = lambda s, m: None) -> dict:
-    """Build and train; returns the last step's metrics."""
-    return build_trainer(cfg).train(progress)
+    """Build and train; returns the last step's metrics. A vLLM engine (and a server it
+    started) is closed at the end."""
+    trainer = build_trainer(cfg)
+    try:
+        return trainer.train(progress)
+    finally:
+        close_engine(trainer)
+
+
+def close_engine(trainer: PPOTrainer) -> None:
+    """Release a vLLM engine (and stop a server it started); the hf engine has nothing to close."""
+    close = getattr(trainer.engine, "close", None)
+    if close is not None:
+        close()

@@ -4,10 +4,38 @@ leaves empty, an evaluation of every stage on every held-out set, and a summary 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from rm.evaluate import evaluate_reward_model, to_markdown
 from rm.ufrm import UFRMConfig, run_ufrm
+
+
+class StageProgress(TrainerCallback):
+    """One rich progress bar per training stage (optimizer steps), with the last logged loss
+    and accuracy; shown by the main process only."""
+
+    def __init__(self, bar) -> None:
+        self.bar, self.task, self.stages = bar, None, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.stages += 1
+            self.task = self.bar.add_task(f"stage {self.stages}", total=state.max_steps, info="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.task is not None:
+            self.bar.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss", (logs or {}).get("train_loss"))
+        if state.is_world_process_zero and self.task is not None and loss is not None:
+            info = f"loss {float(loss):.4f}"
+            if "accuracy" in logs:
+                info += f"  acc {float(logs['accuracy']):.2f}"
+            self.bar.update(self.task, info=info)
 
 
 def fill_tiny_defaults(cfg: UFRMConfig) -> UFRMConfig:
@@ -24,13 +52,18 @@ def fill_tiny_defaults(cfg: UFRMConfig) -> UFRMConfig:
     return cfg
 
 
-def run(cfg: UFRMConfig) -> dict:
-    """Train both stages, evaluate each on every ``eval_data`` file, write ``summary.json`` and
-    ``report.md`` into ``output_dir``."""
+def run(cfg: UFRMConfig, progress=None) -> dict:
+    """Train both stages, evaluate each on every ``eval_data`` file, write ``config.yaml``,
+    ``summary.json`` and ``report.md`` into ``output_dir`` (main process only). ``progress``: a
+    ``TrainerCallback`` shown instead of the Trainer's tqdm bar."""
     cfg = fill_tiny_defaults(cfg)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    # RANK, not PartialState: before the Trainer sets up the process group every process
+    # would call itself the main one
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
 
     def evaluate(model_dir: Path) -> dict:
         return {
@@ -40,13 +73,18 @@ def run(cfg: UFRMConfig) -> dict:
             for path in cfg.eval_data
         }
 
-    summary = run_ufrm(cfg, evaluate_fn=evaluate if cfg.eval_data else None)
+    summary = run_ufrm(cfg, evaluate_fn=evaluate if cfg.eval_data else None, progress=progress)
+    if main:
+        _write_outputs(out, summary)
+    return summary
+
+
+def _write_outputs(out: Path, summary: dict) -> None:
     report = []
     for stage in summary["stages"]:
-        for result in stage.get("eval", {}).values():
+        for result in (stage.get("eval") or {}).values():
             report.append(f"## Stage {stage['stage']}\n\n{to_markdown(result)}")
     (out / "summary.json").write_text(
         json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
     )
     (out / "report.md").write_text("\n".join(report), encoding="utf-8")
-    return summary

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from accelerate import PartialState
+
 from align.ufrm_run import run
 from rm.ufrm import UFRMConfig
 
@@ -29,7 +31,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--config", help="YAML file of UFRMConfig fields")
     args, overrides = parser.parse_known_args(argv)
     summary = run(UFRMConfig.from_sources(args.config, overrides))
-    print(f"final reward model: {summary['final']}")
+    if PartialState().is_main_process:
+        print(f"final reward model: {summary['final']}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from transformers import TrainerCallback
 from trl import RewardConfig, RewardTrainer
 
 from align.chat_formats import get_chat_format
@@ -32,6 +33,16 @@ from rm.losses import bt_loss, info_nce_loss, irl_loss, token_bt_loss, ufrm_loss
 logger = logging.getLogger(__name__)
 
 SCORE_STATS = "score_stats.json"
+
+
+def _launched_without_cuda() -> bool:
+    """Started as one of several plain-DDP processes (``accelerate launch``, torchrun) with no
+    CUDA; DeepSpeed sets up its own process group and is left alone."""
+    import os
+
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return several and not deepspeed and not torch.cuda.is_available()
 
 
 def _help(text: str, default):
@@ -89,6 +100,11 @@ class UFRMConfig(RewardConfig):
             raise ValueError(f"cl_temperature: expected > 0, got {self.cl_temperature}")
         if self.bf16 is None and not torch.cuda.is_available():
             self.bf16 = False  # TRL resolves an unset bf16 to True, which a CPU cannot train in
+        if _launched_without_cuda() and not self.use_cpu and not self.deepspeed:
+            # without it every launched process sets itself up as rank 0 of 1 and trains alone;
+            # use_cpu makes the processes one gloo group (DDP), as align ppo does
+            logger.info("several processes and no CUDA: use_cpu=True (gloo process group)")
+            self.use_cpu = True
         if self.cl_weight and not self.cl_dropout:
             raise ValueError(
                 "cl_dropout: expected > 0 when cl_weight > 0 (the views would coincide)"
@@ -398,9 +414,22 @@ def _stage_args(config: UFRMConfig, stage: int, out: Path) -> UFRMConfig:
 
 
 def train_stage(
-    config: UFRMConfig, model, tokenizer, train: Dataset, stage: int, out: Path
+    config: UFRMConfig,
+    model,
+    tokenizer,
+    train: Dataset,
+    stage: int,
+    out: Path,
+    progress: TrainerCallback | None = None,
 ) -> dict:
-    """Train one stage, save its model directory with score stats, return its log."""
+    """Train one stage, save its model directory with score stats, return its log.
+
+    Under several processes every rank trains; the main process alone scores the training set
+    and saves, and the others wait until the directory is complete. ``progress`` replaces the
+    Trainer's own tqdm bar.
+    """
+    from transformers.trainer_callback import ProgressCallback
+
     args = _stage_args(config, stage, out)
     trainer = UFRMTrainer(
         model=model,
@@ -408,12 +437,18 @@ def train_stage(
         train_dataset=train.remove_columns("category"),
         processing_class=tokenizer,
     )
+    if progress is not None:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(progress)
     result = trainer.train()
-    chosen, rejected = score_encoded(
-        trainer.model, train, tokenizer.pad_token_id, config.eval_batch_size
-    )
-    stats = score_stats(chosen + rejected)
-    save_reward_model(trainer.model, tokenizer, out, stats)
+    stats = None
+    if trainer.accelerator.is_main_process:
+        chosen, rejected = score_encoded(
+            trainer.model, train, tokenizer.pad_token_id, config.eval_batch_size
+        )
+        stats = score_stats(chosen + rejected)
+        save_reward_model(trainer.model, tokenizer, out, stats)
+    trainer.accelerator.wait_for_everyone()
     return {
         "stage": stage,
         "train_loss": result.training_loss,
@@ -422,28 +457,39 @@ def train_stage(
     }
 
 
-def run_ufrm(config: UFRMConfig, evaluate_fn=None) -> dict:
+def _evaluate_on_main(evaluate_fn, model_dir: Path) -> dict | None:
+    """``evaluate_fn(model_dir)`` on the main process only; every process waits for it."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    result = evaluate_fn(model_dir) if state.is_main_process else None
+    state.wait_for_everyone()
+    return result
+
+
+def run_ufrm(config: UFRMConfig, evaluate_fn=None, progress: TrainerCallback | None = None) -> dict:
     """Stage 1 on ``train_data`` into ``output_dir/stage1``; stage 2 (if ``stage2_data``),
     initialised from stage 1 (head included), into ``output_dir/stage2``. ``evaluate_fn(dir)``
-    (optional) runs after each stage; its results go into the returned summary."""
+    (optional) runs after each stage on the main process; its results go into the returned
+    summary. ``progress`` (a ``TrainerCallback``) is given to both stages' trainers."""
     out = Path(config.output_dir)
     model, tokenizer = load_reward_model(config.model)
     summary = {"stages": []}
     stage1, enc1 = _load_encoded(config, config.train_data, tokenizer)
-    log = train_stage(config, model, tokenizer, stage1, 1, out / "stage1")
+    log = train_stage(config, model, tokenizer, stage1, 1, out / "stage1", progress)
     log["data"] = enc1.as_dict()
     summary["stages"].append(log)
     if evaluate_fn is not None:
-        log["eval"] = evaluate_fn(out / "stage1")
+        log["eval"] = _evaluate_on_main(evaluate_fn, out / "stage1")
     if config.stage2_data:
         model, tokenizer = load_reward_model(out / "stage1")
         stage2, enc2 = _load_encoded(config, config.stage2_data, tokenizer)
         mixed = _mix_replay(stage2, stage1, config.replay_share, config.seed)
-        log = train_stage(config, model, tokenizer, mixed, 2, out / "stage2")
+        log = train_stage(config, model, tokenizer, mixed, 2, out / "stage2", progress)
         log["data"] = {**enc2.as_dict(), "replay": len(mixed) - len(stage2)}
         summary["stages"].append(log)
         if evaluate_fn is not None:
-            log["eval"] = evaluate_fn(out / "stage2")
+            log["eval"] = _evaluate_on_main(evaluate_fn, out / "stage2")
     summary["final"] = str(out / f"stage{len(summary['stages'])}")
     return summary
 

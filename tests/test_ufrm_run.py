@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -85,6 +86,9 @@ def test_two_stages_save_reloadable_models_and_eval(tiny_world, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "stage 2: 48 pairs" in out.stdout
+    # one progress bar per stage, finished: 48 pairs / 8 = 6 steps; (48 + 12 replay) / 8 → 8
+    assert re.search(r"stage 1 \S* 6/6 .*loss \d", out.stdout), out.stdout
+    assert re.search(r"stage 2 \S* 8/8 ", out.stdout), out.stdout
     summary = json.loads((tmp_path / "run/summary.json").read_text(encoding="utf-8"))
     assert [s["stage"] for s in summary["stages"]] == [1, 2]
     assert summary["stages"][1]["data"]["replay"] == 12  # 0.2 = 12 / (48 + 12)

@@ -1,0 +1,67 @@
+"""``align pei``: the PEI-RLHF loop from the command line (a rich progress bar per PPO round)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+
+def pei(
+    ctx: typer.Context,
+    config: str | None = typer.Option(
+        None, help="YAML config of PEIConfig fields, or 'tiny' (the default with no paths)."
+    ),
+    rounds: int | None = typer.Option(None, help="Improvement rounds after PPO pre-training."),
+    output_dir: str | None = typer.Option(None, help="Run directory (resumed if it has rounds)."),
+    show_config: bool = typer.Option(False, help="Print the resolved config and exit."),
+    num_processes: int | None = typer.Option(
+        None, help="Re-launch through `accelerate launch` with this many processes."
+    ),
+    accelerate_config: Path | None = typer.Option(
+        None, help="Re-launch through `accelerate launch --config_file` (DDP, DeepSpeed)."
+    ),
+) -> None:
+    """PEI-RLHF: PPO pre-training, then rounds of evaluate → attribute → re-mix → improve.
+    Any PEIConfig field is a --field value override (e.g. --round_steps 20 --beta0 0.2)."""
+    from align.cli import console, relaunch
+    from align.pei_run import PEIConfig
+
+    overrides = list(ctx.args)
+    overrides += ["--rounds", str(rounds)] if rounds is not None else []
+    overrides += ["--output_dir", output_dir] if output_dir is not None else []
+    cfg = PEIConfig.from_sources(config or "tiny", overrides)
+    if (num_processes or accelerate_config) and "WORLD_SIZE" not in os.environ:
+        args = ["pei", "--config", config or "tiny", *overrides]
+        relaunch(args, num_processes, accelerate_config)
+    if show_config:
+        console.print(cfg.to_yaml(), markup=False, highlight=False)
+        return
+    decisions = _run_with_progress(cfg)
+    last = decisions[-1]
+    console.print(f"stopped after round {last.round}: {last.stop_reason}", markup=False)
+    console.print(f"report: {Path(cfg.output_dir) / 'report.md'}", soft_wrap=True, markup=False)
+
+
+def _run_with_progress(cfg):
+    from transformers.utils import logging as hf_logging
+
+    from align.cli import _progress, console
+    from align.pei_run import Progress, _is_main_process, run_pei
+
+    hf_logging.disable_progress_bar()
+    with _progress(enabled=_is_main_process()) as bar:
+        tasks: dict[int, int] = {}
+
+        def ppo_step(k: int, step: int, total: int, m: dict) -> None:
+            if k not in tasks:
+                tasks[k] = bar.add_task(f"round {k} PPO", total=total, info="")
+            info = f"score {m['objective/scores']:+.3f}  kl {m['objective/kl']:.3f}"
+            bar.update(tasks[k], completed=step, info=info)
+
+        def message(text: str) -> None:
+            if _is_main_process():
+                console.print(text, markup=False, highlight=False)
+
+        return run_pei(cfg, Progress(message, ppo_step))

@@ -1,0 +1,191 @@
+"""Running an MCQ benchmark: prompts → answers (through any rollout engine) → accuracies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from eval.generation import as_engine, encode_prompts, generate_from_ids
+from eval.mcq import (
+    OPTIONS,
+    MCQItem,
+    MCQResult,
+    accuracy_summary,
+    build_prompt,
+    extract_choice,
+    load_split,
+    option_continuations,
+    option_logprobs,
+)
+from rollouts.base import SamplingParams
+
+SCORINGS = ("generate", "loglik", "both")
+PROMPT_FORMATS = ("auto", "chat", "raw")
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class MCQConfig:
+    """``align eval mcq``: an exam benchmark in the FinanceIQ / CMMLU / C-Eval layout."""
+
+    data: str = _help("Benchmark folder holding <split>/*.csv (and dev/*.csv for shots).", "")
+    split: str = _help("Folder of the questions to score (FinanceIQ: test; or dev).", "test")
+    shots: int = _help("Worked examples from dev/ before each question: 0 or 5 (FinanceIQ).", 0)
+    scoring: str = _help(
+        "generate (extract the letter from a greedy answer, FinanceIQ's way), loglik (most "
+        "likely letter as the answer's first token), or both.",
+        "generate",
+    )
+    prompt_format: str = _help(
+        "chat: the exam prompt as a user turn through the tokenizer's chat template; raw: the "
+        "text itself (base models, as FinanceIQ feeds them); auto: chat when the tokenizer has "
+        "a template.",
+        "auto",
+    )
+    max_new_tokens: int = _help("Answer length cap for generate scoring.", 32)
+    max_length: int = _help(
+        "Prompt token budget: shots are dropped longest first past it (FinanceIQ), and longer "
+        "prompts are left-truncated (counted).",
+        2048,
+    )
+    batch_size: int = _help("Prompts per engine / model call.", 16)
+    limit: int | None = _help("Score only the first N questions of each category.", None)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("data: a benchmark folder (holding <split>/*.csv) is required")
+        if self.shots < 0:
+            raise ValueError(f"shots: expected >= 0, got {self.shots}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring: expected one of {SCORINGS}, got {self.scoring!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"prompt_format: expected one of {PROMPT_FORMATS}, got {self.prompt_format!r}"
+            )
+        if min(self.max_new_tokens, self.max_length, self.batch_size) < 1:
+            raise ValueError("max_new_tokens, max_length and batch_size: expected >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: expected >= 1 or None, got {self.limit}")
+
+
+@dataclass
+class MCQPrompts:
+    """The questions in scoring order and their prompt texts."""
+
+    items: list[MCQItem]
+    texts: list[str]
+
+
+def _shots_for(cfg: MCQConfig, categories: list[str]) -> dict[str, list[MCQItem]]:
+    if cfg.shots == 0:
+        return {c: [] for c in categories}
+    dev = load_split(cfg.data, "dev")
+    out = {}
+    for c in categories:
+        if len(dev.get(c, [])) < cfg.shots:
+            raise ValueError(
+                f"shots: {cfg.data}/dev has {len(dev.get(c, []))} questions for category {c!r}, "
+                f"expected at least {cfg.shots}"
+            )
+        out[c] = dev[c][: cfg.shots]
+    return out
+
+
+def build_prompts(cfg: MCQConfig, tokenizer=None) -> MCQPrompts:
+    """Every question of the split (``limit`` per category) with its FinanceIQ prompt."""
+    split = load_split(cfg.data, cfg.split)
+    shots = _shots_for(cfg, list(split))
+    count = None if tokenizer is None else (lambda t: len(tokenizer(t, verbose=False)["input_ids"]))
+    items, texts = [], []
+    for category, questions in split.items():
+        for item in questions[: cfg.limit]:
+            items.append(item)
+            texts.append(build_prompt(category, item, shots[category], count, cfg.max_length))
+    return MCQPrompts(items, texts)
+
+
+def uses_chat_template(cfg: MCQConfig, tokenizer) -> bool:
+    if cfg.prompt_format == "auto":
+        return bool(getattr(tokenizer, "chat_template", None))
+    return cfg.prompt_format == "chat"
+
+
+def evaluate_mcq(
+    engine_or_policy,
+    tokenizer,
+    cfg: MCQConfig,
+    model: torch.nn.Module | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, MCQResult]:
+    """``{scoring: MCQResult}`` for the configured scoring(s).
+
+    ``engine_or_policy``: a rollout engine or a causal LM module. ``loglik`` needs the module
+    (``model``, or ``engine_or_policy`` itself when it is one): the rollout protocol returns the
+    logprobs of sampled tokens only. ``on_batch(k)`` reports progress in questions.
+    """
+    prompts = build_prompts(cfg, tokenizer)
+    chat = uses_chat_template(cfg, tokenizer)
+    full, _ = encode_prompts(tokenizer, prompts.texts, chat)
+    truncated = [len(x) > cfg.max_length for x in full]
+    ids = [x[-cfg.max_length :] for x in full]
+    results = {}
+    if cfg.scoring in ("generate", "both"):
+        engine = as_engine(engine_or_policy, tokenizer, cfg.batch_size)
+        sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+        answers = generate_from_ids(engine, tokenizer, ids, sampling, cfg.batch_size, on_batch)
+        letters = [extract_choice(a) for a in answers]
+        results["generate"] = _result(prompts.items, answers, letters, truncated, "generate")
+    if cfg.scoring in ("loglik", "both"):
+        model = model if model is not None else engine_or_policy
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError("scoring loglik needs the policy model (a torch module)")
+        letters = loglik_choices(model, tokenizer, ids, chat, cfg.batch_size, on_batch)
+        results["loglik"] = _result(prompts.items, None, letters, truncated, "loglik")
+    return results
+
+
+def loglik_choices(
+    model, tokenizer, ids, chat: bool, batch_size: int, on_batch=None
+) -> list[str]:
+    """The most likely option letter after each prompt."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    continuations = option_continuations(tokenizer, chat)
+    was_training = model.training
+    model.eval()
+    letters = []
+    try:
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            scores = option_logprobs(model, chunk, continuations, pad, batch_size)
+            letters += [OPTIONS[k] for k in scores.argmax(-1).tolist()]
+            if on_batch is not None:
+                on_batch(len(chunk))
+    finally:
+        model.train(was_training)
+    return letters
+
+
+def _result(
+    items: list[MCQItem],
+    outputs: list[str] | None,
+    letters: list[str | None],
+    truncated: list[bool],
+    scoring: str,
+) -> MCQResult:
+    result = accuracy_summary(items, letters, scoring)
+    for c in result.per_category.values():
+        c["truncated_prompts"] = 0
+    for item, cut in zip(items, truncated):
+        result.per_category[item.category]["truncated_prompts"] += int(cut)
+    result.predictions = [
+        {"category": item.category, "row": item.row, "answer": item.answer, "prediction": letter}
+        for item, letter in zip(items, letters)
+    ]
+    for record, out in zip(result.predictions, outputs or []):
+        record["output"] = out
+    return result

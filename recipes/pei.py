@@ -1,0 +1,35 @@
+"""PEI-RLHF (XuanYuan3): PPO pre-training, then evaluate → attribute → re-mix → improve rounds.
+
+The recipe form of ``align pei``. Launch (one process, CPU or one GPU)::
+
+    accelerate launch recipes/pei.py --config recipes/configs/pei_7b_zero3.yaml
+
+Several processes / DeepSpeed (every process trains; the main one evaluates and decides)::
+
+    accelerate launch --config_file recipes/accelerate_configs/zero3.yaml --num_processes 8 \\
+        recipes/pei.py --config recipes/configs/pei_7b_zero3.yaml
+
+With no config it runs the tiny world (``align/configs/pei_tiny.yaml``). Any PEIConfig field
+can be overridden: ``--rounds 3 --round_steps 50``. How this departs from the report: the
+numbers it leaves open (tiers, step size, floor, β schedule, stop rule) are METHODS.md's
+defaults, each a config field (``align pei --show-config``); the reward is measured for RM
+alignment on labelled pairs the user provides (the tiny world's held-out pairs by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from align.pei_run import PEIConfig, run_pei
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="tiny", help="YAML file of PEIConfig fields")
+    args, overrides = parser.parse_known_args(argv)
+    run_pei(PEIConfig.from_sources(args.config, overrides))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,232 @@
+"""Rollouts with a vLLM engine colocated in the training process.
+
+The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so :meth:`VLLMEngine.sync_weights`
+can write the trainer's weights straight into vLLM's model (see :mod:`rollouts.weight_sync`), on
+GPU and on the CPU backend alike. Logprobs follow the rollout contract (``log_softmax(logits / T)``
+before top-k / top-p) through :mod:`rollouts.vllm_logprobs`.
+
+Scripts that create an engine need ``if __name__ == "__main__":`` (vLLM may spawn processes).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from rollouts.base import FinishReason, RolloutBatch, SamplingParams
+from rollouts.weight_sync import exported, load_weights_in_place
+
+# On the CPU backend ``gpu_memory_utilization`` is a fraction of *host* memory; a shared box
+# cannot spare 30% of it, so without CUDA the KV cache gets this fixed size unless one is given.
+CPU_KV_CACHE_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """What users tune on a colocated vLLM engine."""
+
+    gpu_memory_utilization: float = 0.3
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    enable_sleep_mode: bool = False
+    kv_cache_memory_bytes: int | None = None
+    seed: int = 0
+    enforce_eager: bool | None = None  # None: True on CPU (vLLM's CPU backend needs it)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"gpu_memory_utilization: expected in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if self.tensor_parallel_size < 1:
+            raise ValueError(
+                f"tensor_parallel_size: expected >= 1, got {self.tensor_parallel_size}"
+            )
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len: expected >= 2 or None, got {self.max_model_len}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"dtype: expected auto, float32, bfloat16 or float16, got {self.dtype!r}"
+            )
+        if self.enable_sleep_mode and not torch.cuda.is_available():
+            raise ValueError("enable_sleep_mode: vLLM's sleep mode needs a CUDA GPU")
+
+    def llm_kwargs(self) -> dict:
+        """Keyword arguments of ``vllm.LLM`` besides the model."""
+        from rollouts.vllm_logprobs import LOGPROBS_MODE, PROCESSOR
+
+        cuda = torch.cuda.is_available()
+        kwargs = {
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "max_model_len": self.max_model_len,
+            "enable_sleep_mode": self.enable_sleep_mode,
+            "enforce_eager": (not cuda) if self.enforce_eager is None else self.enforce_eager,
+            "logprobs_mode": LOGPROBS_MODE,
+            "logits_processors": [PROCESSOR],
+            "generation_config": "vllm",  # the checkpoint's sampling defaults never apply
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "kv_cache_memory_bytes": self.kv_cache_memory_bytes
+            or (None if cuda else CPU_KV_CACHE_BYTES),
+        }
+        if self.tensor_parallel_size > 1:
+            # each training process holds its shard, as TRL's colocate mode does
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        return kwargs
+
+
+def vllm_sampling_fields(sampling: SamplingParams, eos_token_ids: Sequence[int], n: int) -> dict:
+    """vLLM sampling fields (``vllm.SamplingParams`` keywords and OpenAI request fields alike).
+
+    Greedy becomes ``temperature=1, top_k=1`` (see :mod:`rollouts.vllm_logprobs`); stopping is
+    exactly at ``eos_token_ids``, which stay in the completion as with ``generate``.
+    """
+    if n < 1:
+        raise ValueError(f"n: expected >= 1, got {n}")
+    greedy = sampling.greedy
+    return {
+        "n": n,
+        "max_tokens": sampling.max_new_tokens,
+        "temperature": 1.0 if greedy else sampling.temperature,
+        "top_p": 1.0 if greedy else sampling.top_p,
+        "top_k": 1 if greedy else (sampling.top_k or -1),
+        "seed": sampling.seed,
+        "logprobs": 0,
+        "stop_token_ids": list(eos_token_ids),
+        "ignore_eos": True,
+    }
+
+
+def finish_reason(reason: str | None, where: str) -> FinishReason:
+    if reason not in ("stop", "length"):
+        raise RuntimeError(f"{where}: generation ended with finish reason {reason!r}")
+    return reason
+
+
+def check_prompts(prompt_token_ids: Sequence[Sequence[int]]) -> None:
+    if any(len(p) == 0 for p in prompt_token_ids):
+        raise ValueError("every prompt needs at least one token")
+
+
+class VLLMEngine:
+    """A :class:`~rollouts.base.RolloutEngine` on an in-process ``vllm.LLM``."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        eos_token_ids: int | Sequence[int],
+        options: VLLMOptions | None = None,
+        owned_dir: Path | None = None,
+    ) -> None:
+        from vllm import LLM
+
+        self.options = options or VLLMOptions()
+        self.eos_token_ids = (
+            [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
+        )
+        self.model_dir, self._owned_dir = Path(model_dir), owned_dir
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process: weights reachable
+        threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
+        self.llm = LLM(model=str(model_dir), **self.options.llm_kwargs())
+        # vLLM's CPU worker replaces torch.set_num_threads by a no-op (after binding its OpenMP
+        # threads) and asks for one intra-op thread "for serving". In-process, both would reach
+        # the trainer too: give torch its function and thread count back.
+        torch.set_num_threads = set_num_threads
+        torch.set_num_threads(threads)
+        atexit.register(self.close)  # before vLLM's own finalizer, which would fail as above
+        self.asleep = False
+        self.sync_count, self.last_sync_seconds = 0, 0.0
+        self.sleep()
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, tokenizer, options: VLLMOptions | None = None):
+        """An engine on an in-memory model: saved (safetensors) to a temporary directory that
+        :meth:`close` removes."""
+        workdir = Path(tempfile.mkdtemp(prefix="align-vllm-"))
+        model.save_pretrained(workdir, safe_serialization=True)
+        tokenizer.save_pretrained(workdir)
+        return cls(workdir, eos_ids_of(tokenizer), options, owned_dir=workdir)
+
+    # ------------------------------------------------------------ sleep mode
+
+    def sleep(self) -> None:
+        """Release weights and KV cache memory (sleep mode only) until the next use."""
+        if self.options.enable_sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    # ------------------------------------------------------------ protocol
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Copy ``model``'s weights (ZeRO-3 gathered, LoRA merged) into vLLM, in place."""
+        started = time.perf_counter()
+        self.wake_up()
+        with exported(model) as weights:
+            self.llm.apply_model(partial(load_weights_in_place, weights=weights))
+        self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
+        self.sleep()
+        self.sync_count += 1
+        self.last_sync_seconds = time.perf_counter() - started
+
+    def generate(
+        self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams, n: int = 1
+    ) -> RolloutBatch:
+        from vllm import SamplingParams as VSamplingParams
+
+        check_prompts(prompt_token_ids)
+        params = VSamplingParams(
+            **vllm_sampling_fields(sampling, self.eos_token_ids, n), detokenize=False
+        )
+        self.wake_up()
+        try:
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": list(p)} for p in prompt_token_ids], params, use_tqdm=False
+            )
+        finally:
+            self.sleep()
+        return self._to_batch(prompt_token_ids, outputs, n)
+
+    def _to_batch(self, prompts: Sequence[Sequence[int]], outputs, n: int) -> RolloutBatch:
+        prompt_ids, completion_ids, logprobs, reasons = [], [], [], []
+        for prompt, request in zip(prompts, outputs):
+            for sample in sorted(request.outputs, key=lambda o: o.index):
+                tokens = list(sample.token_ids)
+                prompt_ids.append(list(prompt))
+                completion_ids.append(tokens)
+                logprobs.append([step[t].logprob for step, t in zip(sample.logprobs, tokens)])
+                reasons.append(finish_reason(sample.finish_reason, "vLLM"))
+        return RolloutBatch(prompt_ids, completion_ids, logprobs, reasons, n)
+
+    def close(self) -> None:
+        """Shut vLLM down and remove the temporary model directory the engine owns."""
+        if self.llm is not None:
+            llm, self.llm = self.llm, None
+            # After accelerate's end_training() destroyed the (vLLM-created) default process
+            # group, vLLM's teardown of its own groups raises ValueError, harmlessly.
+            with contextlib.suppress(ValueError):
+                llm.llm_engine.engine_core.shutdown()
+        if self._owned_dir is not None:
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
+
+
+def eos_ids_of(tokenizer) -> list[int]:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token; generation could never stop")
+    return [tokenizer.eos_token_id]

