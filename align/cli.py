@@ -149,7 +149,7 @@ def ppo(
             f"{trainer.truncated_prompts} prompts longer than max_prompt_length "
             f"({cfg.max_prompt_length} tokens) were left-truncated"
         )
-    with _progress(enabled=trainer.accelerator.is_main_process) as bar:
+    with progress_bar(enabled=trainer.accelerator.is_main_process) as bar:
         task = bar.add_task("PPO", total=cfg.total_steps, completed=trainer.step, info="")
 
         def report(step: int, m: dict) -> None:
@@ -183,7 +183,8 @@ def relaunch(args: list[str], num_processes: int | None, config_file: Path | Non
     raise typer.Exit(subprocess.run([*launch, "-m", "align.cli", *args]).returncode)
 
 
-def _progress(enabled: bool = True):
+def progress_bar(enabled: bool = True):
+    """The rich progress bar of every long ``align`` command (off on non-main processes)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
@@ -193,6 +194,7 @@ def _progress(enabled: bool = True):
         TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
+        disable=not enabled,
     )
 
 

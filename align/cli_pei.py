@@ -47,11 +47,11 @@ def pei(
 def _run_with_progress(cfg):
     from transformers.utils import logging as hf_logging
 
-    from align.cli import _progress, console
+    from align.cli import console, progress_bar
     from align.pei_run import Progress, _is_main_process, run_pei
 
     hf_logging.disable_progress_bar()
-    with _progress(enabled=_is_main_process()) as bar:
+    with progress_bar(enabled=_is_main_process()) as bar:
         tasks: dict[int, int] = {}
 
         def ppo_step(k: int, step: int, total: int, m: dict) -> None:

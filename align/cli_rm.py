@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import typer
@@ -27,15 +26,13 @@ def rm_train(
 ) -> None:
     """Two-stage UFRM training (BT + inverse-RL + SimCSE). Any UFRMConfig field can be
     overridden as --field value (e.g. --cl_weight 0 --stage2_data fin.jsonl)."""
-    from rich.console import Console
-
+    from align.cli import console, progress_bar, relaunch
     from rm.ufrm import UFRMConfig
 
     cfg = UFRMConfig.from_sources(config, ctx.args)
-    console = Console()
     if (num_processes or accelerate_config) and "WORLD_SIZE" not in os.environ:
         args = ["rm", "train", *(["--config", str(config)] if config else []), *ctx.args]
-        _relaunch(args, num_processes, accelerate_config)
+        relaunch(args, num_processes, accelerate_config)
     if show_config:
         console.print(cfg.to_yaml(), markup=False, highlight=False)
         return
@@ -44,11 +41,11 @@ def rm_train(
     from align.ufrm_run import StageProgress, run
 
     hf_logging.disable_progress_bar()  # per-file loading bars; the stage bars follow
-    with _progress(console) as bar:
+    main = int(os.environ.get("RANK", "0")) == 0
+    with progress_bar(enabled=main) as bar:
         summary = run(cfg, progress=StageProgress(bar))
-    if int(os.environ.get("RANK", "0")) != 0:
-        return  # under accelerate launch the main process reports
-    _report(console, summary)
+    if main:  # under accelerate launch the main process reports
+        _report(console, summary)
 
 
 def _report(console, summary: dict) -> None:
@@ -62,31 +59,6 @@ def _report(console, summary: dict) -> None:
         for path, result in (stage.get("eval") or {}).items():
             console.print(f"  {path}: alignment rate {100 * result['accuracy']:.1f}%", markup=False)
     console.print(f"final reward model: {summary['final']}", markup=False, soft_wrap=True)
-
-
-def _relaunch(args: list[str], num_processes: int | None, config_file: Path | None) -> None:
-    """Run ``align ARGS`` under ``accelerate launch`` and exit with its status."""
-    import subprocess
-
-    launch = [sys.executable, "-m", "accelerate.commands.launch"]
-    if config_file:
-        launch += ["--config_file", str(config_file)]
-    if num_processes:
-        launch += ["--num_processes", str(num_processes)]
-    raise typer.Exit(subprocess.run([*launch, "-m", "align.cli", *args]).returncode)
-
-
-def _progress(console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-    )
 
 
 @rm_app.command("eval")

@@ -28,9 +28,11 @@ from pathlib import Path
 
 import yaml
 
+from align.checkpoints import latest_checkpoint
+from align.config_io import coerce_numbers, values_from_sources
 from align.data import write_jsonl
 from align.pei import ControllerConfig, Decision, RoundMeasurements, decide
-from align.ppo_config import TINY_REWARD, PPOConfig, _coerce_numbers, _parse_overrides
+from align.ppo_config import TINY_REWARD, PPOConfig
 
 
 def _help(text: str, default):
@@ -106,24 +108,14 @@ class PEIConfig:
         unknown = sorted(set(self.controller) - known)
         if unknown:
             raise ValueError(f"controller: unknown fields {unknown}; known: {sorted(known)}")
-        return ControllerConfig(**_coerce_numbers(ControllerConfig, self.controller))
+        return ControllerConfig(**coerce_numbers(ControllerConfig, self.controller))
 
     @classmethod
     def from_sources(cls, config: str | Path | None = None, overrides: list[str] = ()) -> PEIConfig:
         """YAML file (optional) then ``--field value`` overrides; unknown fields are errors."""
-        values = {}
-        if config is not None:
-            path = resolve_pei_config(config)
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a mapping of PEIConfig fields")
-            values.update(loaded)
-        values.update(_parse_overrides(list(overrides)))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown PEIConfig fields {unknown}; see `align pei --show-config`")
-        return cls(**_coerce_numbers(cls, values))
+        path = resolve_pei_config(config) if config is not None else None
+        hint = "; see `align pei --show-config`"
+        return cls(**values_from_sources(cls, path, overrides, hint=hint))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), allow_unicode=True, sort_keys=False)
@@ -212,6 +204,11 @@ def prepare(cfg: PEIConfig, progress: Callable[[str], None]) -> Setup:
     if _is_main_process():
         _write_atomic(out / "config.yaml", cfg.to_yaml())
     base = PPOConfig.from_sources(cfg.ppo_config, _as_overrides(cfg.ppo))
+    if base.lora_r:
+        raise ValueError(
+            "lora_r: PEI carries full actor and critic checkpoints from round to round; LoRA "
+            "runs (lora_r > 0) are not supported by align pei yet"
+        )
     if cfg.eval_prompts:
         base.eval_prompts = cfg.eval_prompts
     paths = _resolve_paths(base)
@@ -331,8 +328,6 @@ def run_round(setup: Setup, k: int, decisions: list[Decision], progress: Progres
 def _evaluate_and_decide(
     setup: Setup, k: int, ppo_cfg: PPOConfig, previous: Decision | None, progress: Progress
 ) -> Decision:
-    from align.ppo import latest_checkpoint
-
     actor = latest_checkpoint(ppo_cfg.output_dir) / "actor"
     progress.message(f"round {k}: evaluating against the SFT policy")
     measured = evaluate_round(setup, actor, setup.out / f"round-{k}")
@@ -351,8 +346,6 @@ def _evaluate_and_decide(
 def round_ppo_config(setup: Setup, k: int, previous: Decision | None) -> PPOConfig:
     """Round 0 starts from SFT with β₀ and the initial mixture; round k continues the actor and
     critic of round k−1 with the β and mixture the controller chose."""
-    from align.ppo import latest_checkpoint
-
     cfg, base = setup.cfg, setup.base
     out = setup.out / f"round-{k}" / "ppo"
     changes: dict = {

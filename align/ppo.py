@@ -707,13 +707,3 @@ def make_accelerator(cfg: PPOConfig):
         else:
             kwargs["cpu"] = True
     return Accelerator(**kwargs)
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path:
-    """The highest ``checkpoints/step-N`` of a run directory."""
-    found = sorted(
-        Path(output_dir, "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])
-    )
-    if not found:
-        raise FileNotFoundError(f"{output_dir}: no checkpoints to resume from")
-    return found[-1]

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,20 +202,11 @@ class PPOConfig:
     @classmethod
     def from_sources(cls, config: str | Path | None = None, overrides: list[str] = ()) -> PPOConfig:
         """YAML file (optional) then ``--field value`` overrides; unknown fields are errors."""
-        values = {}
-        if config is not None:
-            config = resolve_config_path(config)
-            loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{config}: expected a mapping of PPOConfig fields")
-            values.update(loaded)
-        values.update(_parse_overrides(list(overrides)))
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = _flat_names(values, known)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown PPOConfig fields {unknown}; see `align ppo --show-config`")
-        return cls(**_coerce_numbers(cls, values))
+        from align.config_io import values_from_sources
+
+        path = resolve_config_path(config) if config is not None else None
+        hint = "; see `align ppo --show-config`"
+        return cls(**values_from_sources(cls, path, overrides, rename=_flat_names, hint=hint))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), allow_unicode=True, sort_keys=False)
@@ -255,34 +245,3 @@ def _flat_names(values: dict, known: set[str]) -> dict:
             raise ValueError(f"{name}: given twice (in two spellings)")
         out[name] = value
     return out
-
-
-def _coerce_numbers(cls: type, values: dict) -> dict:
-    """YAML reads ``1e-4`` as a string and ``1`` as an int: make float fields floats."""
-    hints = typing.get_type_hints(cls)
-    out = dict(values)
-    for name, value in values.items():
-        if float in typing.get_args(hints[name]) or hints[name] is float:
-            if isinstance(value, bool):
-                raise ValueError(f"{name}: expected a number, got {value!r}")
-            if isinstance(value, int | str):
-                try:
-                    out[name] = float(value)
-                except ValueError:
-                    raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    return out
-
-
-def _parse_overrides(args: list[str]) -> dict:
-    values = {}
-    while args:
-        flag = args.pop(0)
-        if not flag.startswith("--"):
-            raise ValueError(f"expected --field value, got {flag!r}")
-        name, eq, value = flag[2:].partition("=")
-        if not eq:
-            if not args:
-                raise ValueError(f"{flag}: missing value")
-            value = args.pop(0)
-        values[name.replace("-", "_")] = yaml.safe_load(value)
-    return values

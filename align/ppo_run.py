@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
+from align.checkpoints import latest_checkpoint
 from align.data import load_records
-from align.ppo import PPOTrainer, latest_checkpoint
+from align.ppo import PPOTrainer
 from align.ppo_config import PPOConfig
 from rm.functions import rewards_from_config
 from rollouts.base import RolloutEngine

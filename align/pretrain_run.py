@@ -36,6 +36,7 @@ import torch
 
 from align.bucket_sampler import BucketBatchSampler
 from align.bucketing import BucketConfig, Instance, bucket_documents, materialize, plan_metrics
+from align.checkpoints import checkpoints, latest_checkpoint
 from align.mixture_control import MixtureControlConfig, MixtureController
 from align.sft_data import epoch_composition, initial_mix
 
@@ -121,9 +122,9 @@ class PretrainConfig:
 
     @classmethod
     def from_sources(cls, config=None, overrides: list[str] = ()) -> PretrainConfig:
-        from align.recipe_config import values_from_sources
+        from align.config_io import values_from_sources
 
-        return cls(**values_from_sources(cls, config, list(overrides), "runs/pretrain"))
+        return cls(**{"output_dir": "runs/pretrain", **values_from_sources(cls, config, overrides)})
 
     def to_yaml(self) -> str:
         import yaml
@@ -603,22 +604,6 @@ def warn_config_changes(saved: dict, cfg: PretrainConfig) -> None:
             "the run will not continue exactly as it would have",
             stacklevel=2,
         )
-
-
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """The complete ``checkpoints/step-N`` of a run directory by step (temporary ``.step-N.tmp``
-    directories of an interrupted save are not checkpoints)."""
-    found = (p for p in Path(output_dir, "checkpoints").glob("step-*") if p.name[5:].isdigit())
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path:
-    """The highest complete ``checkpoints/step-N`` of a run directory."""
-    found = checkpoints(output_dir)
-    if not found:
-        where = Path(output_dir) / "checkpoints"
-        raise FileNotFoundError(f"{where}: no checkpoints to resume from")
-    return found[-1]
 
 
 def resume_checkpoint(cfg: PretrainConfig) -> Path | None:

@@ -104,12 +104,12 @@ class SFTRecipeConfig(SFTConfig):
 
     @classmethod
     def from_sources(cls, config=None, overrides: list[str] = ()) -> SFTRecipeConfig:
-        from align.recipe_config import values_from_sources
+        from align.config_io import values_from_sources
 
-        return cls(**values_from_sources(cls, config, list(overrides), "runs/sft"))
+        return cls(**{"output_dir": "runs/sft", **values_from_sources(cls, config, overrides)})
 
     def to_yaml(self) -> str:
-        from align.recipe_config import changed_fields_yaml
+        from align.config_io import changed_fields_yaml
 
         return changed_fields_yaml(self, SFTConfig)
 

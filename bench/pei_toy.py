@@ -110,7 +110,7 @@ def ppo_overrides(world, data: dict, seed: int) -> dict:
 
 
 def run_plain(world, data, root: Path, seed: int, steps: int) -> Path:
-    from align.ppo import latest_checkpoint
+    from align.checkpoints import latest_checkpoint
     from align.ppo_config import PPOConfig
     from align.ppo_run import run_ppo
 
@@ -123,8 +123,8 @@ def run_plain(world, data, root: Path, seed: int, steps: int) -> Path:
 
 
 def run_pei_arm(world, data, root: Path, seed: int, args) -> tuple[Path, list]:
+    from align.checkpoints import latest_checkpoint
     from align.pei_run import PEIConfig, run_pei
-    from align.ppo import latest_checkpoint
 
     cfg = PEIConfig(
         rounds=args.rounds,

@@ -116,27 +116,9 @@ class UFRMConfig(RewardConfig):
         cls, config: str | Path | None = None, overrides: list[str] = ()
     ) -> UFRMConfig:
         """YAML file (optional) then ``--field value`` overrides; unknown fields are errors."""
-        import dataclasses
+        from align.config_io import values_from_sources
 
-        import yaml
-
-        from align.ppo_config import _coerce_numbers, _parse_overrides
-
-        values = {}
-        if config is not None:
-            if not Path(config).is_file():
-                raise FileNotFoundError(f"{config}: no such config file")
-            loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{config}: expected a mapping of UFRMConfig fields")
-            values.update(loaded)
-        values.update(_parse_overrides(list(overrides)))
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown UFRMConfig fields {unknown}")
-        values.setdefault("output_dir", "runs/ufrm")
-        return cls(**_coerce_numbers(cls, values))
+        return cls(**{"output_dir": "runs/ufrm", **values_from_sources(cls, config, overrides)})
 
     def to_yaml(self) -> str:
         """The UFRM fields and the TRL fields that differ from their defaults."""

@@ -233,3 +233,11 @@ def test_shipped_configs_parse(config):
     cfg.controller_config()
     ppo = cfg.ppo_config if cfg.ppo_config == "tiny" else root / cfg.ppo_config
     assert PPOConfig.from_sources(ppo).total_steps > 0
+
+
+def test_lora_runs_are_refused_with_a_clear_error(tmp_path):
+    from align.pei_run import prepare
+
+    cfg = PEIConfig(output_dir=str(tmp_path), ppo={"lora_r": 8})
+    with pytest.raises(ValueError, match="lora_r: PEI carries full"):
+        prepare(cfg, lambda message: None)
