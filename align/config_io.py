@@ -13,6 +13,13 @@ from pathlib import Path
 import yaml
 
 
+def help_field(text: str, default=None, *, factory: Callable[[], object] | None = None):
+    """A dataclass field with its ``--help`` text (``factory`` for mutable defaults)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": text})
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
 def values_from_sources(
     cls: type,
     config: str | Path | None,

@@ -35,15 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from align import filtering as F
+from align.config_io import help_field as _help
 
 ENGINES = ("hf", "vllm", "vllm-server")
 TINY_RULE = {"type": "rule", "rule": "tiny"}
 DEFAULT_STD_QUANTILE = 0.2  # [P] std >= 20th percentile of the pool
 DEFAULT_MEAN_QUANTILES = (0.1, 0.9)  # [P] mean within the 10th-90th percentiles
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass

@@ -23,24 +23,17 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from align.checkpoints import latest_checkpoint
 from align.config_io import coerce_numbers, values_from_sources
+from align.config_io import help_field as _help
 from align.data import write_jsonl
 from align.pei import ControllerConfig, Decision, RoundMeasurements, decide
 from align.ppo_config import TINY_REWARD, PPOConfig
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
-
-
-def _help_factory(text: str, factory):
-    return field(default_factory=factory, metadata={"help": text})
 
 
 @dataclass
@@ -49,7 +42,7 @@ class PEIConfig:
 
     rounds: int = _help("Improvement rounds after PPO pre-training (round 0).", 2)
     ppo_config: str = _help("PPO config of every round (YAML path or a shipped name).", "tiny")
-    ppo: dict = _help_factory("PPOConfig fields overriding ppo_config in every round.", dict)
+    ppo: dict = _help("PPOConfig fields overriding ppo_config in every round.", factory=dict)
     pretrain_steps: int | None = _help("PPO steps of round 0; none = the PPO config's.", None)
     round_steps: int | None = _help("PPO steps of each improvement round; none = the PPO's.", None)
     beta0: float = _help("KL weight of the pre-training round [P: 2 × 0.05].", 0.1)
@@ -60,10 +53,10 @@ class PEIConfig:
         "<output_dir>/rm once; none = the PPO config's rewards.",
         None,
     )
-    judge: list[dict] = _help_factory(
+    judge: list[dict] = _help(
         "Reward sources the GSB judge scores both answers with (same spellings as PPO's "
         "rewards); the tiny world's rule by default.",
-        lambda: [{"type": "python", "fn": TINY_REWARD}],
+        factory=lambda: [{"type": "python", "fn": TINY_REWARD}],
     )
     judge_margin: float = _help("Score differences within this margin are 'same'.", 0.05)
     llm_judge: dict | None = _help(
@@ -86,10 +79,10 @@ class PEIConfig:
     eval_prompts: str | None = _help("Held-out prompts; none = the PPO config's.", None)
     eval_max_prompts: int = _help("Held-out prompts evaluated per round (first N).", 300)
     eval_batch_size: int = _help("Prompts per generation call in evaluation.", 64)
-    controller: dict = _help_factory(
+    controller: dict = _help(
         "ControllerConfig fields (tiering, ppo_good, rm_good, eta, weight_floor, beta_decay, "
         "beta_min, min_gain, early_stop, ...); see align/pei.py.",
-        dict,
+        factory=dict,
     )
     output_dir: str = _help("Run directory (resumed when it holds completed rounds).", "runs/pei")
     seed: int = _help("Seed of every round (round K uses seed + K).", 0)

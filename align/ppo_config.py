@@ -5,21 +5,15 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from align.config_io import help_field as _help
+
 TINY_REWARD = "align.tiny.reward:tiny_world_reward"
 ROLLOUT_ENGINES = ("hf", "vllm", "vllm-server")
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
-
-
-def _help_factory(text: str, factory):
-    return field(default_factory=factory, metadata={"help": text})
 
 
 @dataclass
@@ -40,11 +34,11 @@ class PPOConfig:
         "here while the actor continues from the last round).",
         None,
     )
-    rewards: list[dict] = _help_factory(
+    rewards: list[dict] = _help(
         "Reward sources, weighted and summed: {type: model, path, chat_format, normalize}, "
         "{type: http, url, token_env}, {type: python, fn: 'pkg.mod:f' or 'file.py:f'}, "
         "{type: rule, rule: tiny|mcq|length|format}; each with weight, name, on_invalid.",
-        lambda: [{"type": "python", "fn": TINY_REWARD, "weight": 1.0}],
+        factory=lambda: [{"type": "python", "fn": TINY_REWARD, "weight": 1.0}],
     )
     prompts: str | None = _help("Prompt records (JSONL/Parquet/CSV/dir); none = tiny world.", None)
     eval_prompts: str | None = _help("Held-out prompt records; none = tiny world's.", None)
@@ -142,7 +136,7 @@ class PPOConfig:
         0.0,
     )
     resume_from: str | None = _help("Checkpoint directory to resume from, or 'latest'.", None)
-    report_to: list[str] = _help_factory("accelerate trackers (tensorboard, wandb).", list)
+    report_to: list[str] = _help("accelerate trackers (tensorboard, wandb).", factory=list)
 
     def __post_init__(self) -> None:
         positive = (

@@ -29,7 +29,7 @@ import os
 import random
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -37,14 +37,9 @@ import torch
 from align.bucket_sampler import BucketBatchSampler
 from align.bucketing import BucketConfig, Instance, bucket_documents, materialize, plan_metrics
 from align.checkpoints import checkpoints, latest_checkpoint
+from align.config_io import help_field as _help
 from align.mixture_control import MixtureControlConfig, MixtureController
 from align.sft_data import epoch_composition, initial_mix
-
-
-def _help(text: str, default=None, factory=None):
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from align.config_io import help_field as _help
 from align.mixture_control import MixtureControlConfig, MixtureController
 from align.sft_data import (
     MixtureEpochSampler,
@@ -32,12 +33,6 @@ from align.sft_data import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _help(text: str, default=None, factory=None):
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass

@@ -10,16 +10,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from align.config_io import help_field as _help
 from eval.gsb import GSBReport, summarize
 from eval.judges import Judge, RewardJudge
 
 TINY_REWARD = "align.tiny.reward:tiny_world_reward"
 JUDGES = ("reward", "llm")
 _NOT_COLUMNS = {"prompt", "messages", "category", "id"}
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from align.config_io import help_field as _help
 from eval.generation import as_engine, encode_prompts, generate_from_ids
 from eval.mcq import (
     OPTIONS,
@@ -23,10 +24,6 @@ from rollouts.base import SamplingParams
 
 SCORINGS = ("generate", "loglik", "both")
 PROMPT_FORMATS = ("auto", "chat", "raw")
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass
@@ -149,9 +146,7 @@ def evaluate_mcq(
     return results
 
 
-def loglik_choices(
-    model, tokenizer, ids, chat: bool, batch_size: int, on_batch=None
-) -> list[str]:
+def loglik_choices(model, tokenizer, ids, chat: bool, batch_size: int, on_batch=None) -> list[str]:
     """The most likely option letter after each prompt."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     continuations = option_continuations(tokenizer, chat)

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from trl import RewardConfig, RewardTrainer
 
 from align.chat_formats import get_chat_format
+from align.config_io import help_field as _help
 from align.data import load_records, messages_of
 from rm.losses import bt_loss, info_nce_loss, irl_loss, token_bt_loss, ufrm_loss
 
@@ -43,10 +44,6 @@ def _launched_without_cuda() -> bool:
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return several and not deepspeed and not torch.cuda.is_available()
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass
