@@ -105,6 +105,15 @@ class ChatFormat:
         )
         return rendered[0]
 
+    def encode_prompt(
+        self, messages: Sequence[Message], tokenizer, max_length: int
+    ) -> tuple[list[int], bool]:
+        """``(token ids, truncated)``: the conversation rendered up to the assistant's turn,
+        left-truncated to ``max_length`` tokens (the end, where the answer starts, is kept)."""
+        text = self.render(messages, add_generation_prompt=True, tokenizer=tokenizer)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[-max_length:], len(ids) > max_length
+
     def assistant_spans(self, messages: Sequence[Message], tokenizer=None) -> list[tuple[int, int]]:
         """Character spans ``[start, end)`` of the assistant turns in ``render(messages)``.
 

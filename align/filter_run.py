@@ -430,21 +430,17 @@ class _Scorer:
     def encode(self, record: dict) -> list[int]:
         from align.data import messages_of
 
-        text = self.chat_format.render(
-            messages_of(record), add_generation_prompt=True, tokenizer=self.tokenizer
+        ids, truncated = self.chat_format.encode_prompt(
+            messages_of(record), self.tokenizer, self.cfg.max_prompt_length
         )
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > self.cfg.max_prompt_length:
-            self.truncated += 1
-            ids = ids[-self.cfg.max_prompt_length :]
+        self.truncated += truncated
         return ids
 
     def score_batch(
         self, batch: int, records: list[dict], prompt_ids: list[list[int]], keys: list[str]
     ) -> list[dict]:
         """Cache rows (``key``, ``scores`` [n] with None for invalid, ``completions``)."""
-        from align.data import messages_of
-        from rm.functions import score_rewards
+        from rm.functions import reward_inputs, score_rewards
 
         n = self.cfg.n
         sampling = replace(self.sampling, seed=self.cfg.seed * 1_000_003 + batch)
@@ -454,12 +450,8 @@ class _Scorer:
         self.generated_tokens += sum(len(c) for c in out.completion_ids)
         started = time.perf_counter()
         texts = self.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
-        rows = [r for r in records for _ in range(n)]
-        columns = {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r})}
-        for k in ("prompt", "messages"):
-            columns.pop(k, None)
+        prompts, columns = reward_inputs([r for r in records for _ in range(n)])
         columns.update(prompt_ids=out.prompt_ids, completion_ids=out.completion_ids)
-        prompts = [r["prompt"] if r.get("prompt") else messages_of(r) for r in rows]
         scored = score_rewards(self.rewards, prompts, texts, columns)
         self.timing["score_s"] += time.perf_counter() - started
         total, kept = scored.total.tolist(), scored.kept.tolist()

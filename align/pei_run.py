@@ -405,14 +405,14 @@ def evaluate_round(setup: Setup, actor: Path, rdir: Path) -> RoundMeasurements:
     """GSB of ``actor`` vs SFT per sub-domain (G_d) and the RM's alignment per sub-domain (A_d);
     writes ``answers.jsonl`` and ``evaluation.json`` into ``rdir``."""
     from eval.gsb import summarize
+    from rm.functions import reward_inputs
 
     rows = setup.eval_rows
     sft_answers = _sft_answers(setup)
     answers = _answers(actor, setup)
     categories = [r["category"] for r in rows]
-    verdicts = _judge(setup.cfg).judge(
-        _reward_prompts(rows), answers, sft_answers, categories, **_reward_columns(rows)
-    )
+    prompts, columns = reward_inputs(rows)
+    verdicts = _judge(setup.cfg).judge(prompts, answers, sft_answers, categories, **columns)
     gsb = summarize(verdicts, categories, seed=setup.cfg.seed)
     alignment = rm_alignment(setup)
     write_jsonl(
@@ -439,15 +439,16 @@ def rm_alignment(setup: Setup) -> dict[str, dict]:
     from collections import defaultdict
 
     from eval.judges import RewardJudge
-    from rm.functions import rewards_from_config
+    from rm.functions import reward_inputs, rewards_from_config
 
     path = setup.out / "rm_alignment.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     pairs = setup.pairs
-    columns = {k: v for k, v in _reward_columns(pairs).items() if k not in ("chosen", "rejected")}
+    prompts, columns = reward_inputs(pairs)
+    del columns["chosen"], columns["rejected"]
     r_c, r_r, valid = RewardJudge(rewards_from_config(setup.base.rewards)).scores(
-        _reward_prompts(pairs),
+        prompts,
         [p["chosen"] for p in pairs],
         [p["rejected"] for p in pairs],
         [p["category"] for p in pairs],
@@ -470,18 +471,6 @@ def _judge(cfg: PEIConfig):
     from eval.judges import RewardJudge
 
     return RewardJudge.from_config(cfg.judge, margin=cfg.judge_margin)
-
-
-def _reward_prompts(rows: list[dict]) -> list:
-    from align.ppo import PPOTrainer
-
-    return PPOTrainer._prompts_for_rewards(rows)
-
-
-def _reward_columns(rows: list[dict]) -> dict[str, list]:
-    from align.ppo import PPOTrainer
-
-    return PPOTrainer._columns(rows)
 
 
 def _answers(model_dir: Path, setup: Setup) -> list[str]:

@@ -32,7 +32,7 @@ from align.chat_formats import get_chat_format
 from align.data import messages_of
 from align.mixture import MixtureSampler
 from align.ppo_config import PPOConfig
-from rm.functions import WeightedReward, combine_rewards, score_rewards
+from rm.functions import WeightedReward, combine_rewards, reward_inputs, score_rewards
 from rm.model import token_scores
 from rollouts.base import RolloutBatch, RolloutEngine, SamplingParams, left_pad, right_pad
 
@@ -205,13 +205,10 @@ class PPOTrainer:
     # ------------------------------------------------------------ set-up helpers
 
     def _encode_prompt(self, record: dict) -> list[int]:
-        text = get_chat_format(self.cfg.chat_format).render(
-            messages_of(record), add_generation_prompt=True, tokenizer=self.tokenizer
+        ids, truncated = get_chat_format(self.cfg.chat_format).encode_prompt(
+            messages_of(record), self.tokenizer, self.cfg.max_prompt_length
         )
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > self.cfg.max_prompt_length:
-            self.truncated_prompts += 1
-            ids = ids[-self.cfg.max_prompt_length :]
+        self.truncated_prompts += truncated
         if not ids:
             raise ValueError(f"prompt {record.get('id', '?')} encodes to no tokens")
         return ids
@@ -264,15 +261,6 @@ class PPOTrainer:
         yield
         times[f"time/{name}"] = time.perf_counter() - started
 
-    @staticmethod
-    def _columns(rows: list[dict]) -> dict[str, list]:
-        keys = {k for r in rows for k in r} - {"prompt", "messages"}
-        return {k: [r.get(k) for r in rows] for k in sorted(keys)}
-
-    @staticmethod
-    def _prompts_for_rewards(rows: list[dict]) -> list:
-        return [r["prompt"] if r.get("prompt") else messages_of(r) for r in rows]
-
     def _generate(
         self,
         prompt_ids: list[list[int]],
@@ -322,14 +310,9 @@ class PPOTrainer:
         sample_rows = [r for r in rows for _ in range(n)]
         with self._timer(times, "reward"):
             texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
-            columns = {
-                **self._columns(sample_rows),
-                "prompt_ids": batch.prompt_ids,
-                "completion_ids": batch.completion_ids,
-            }
-            scored = score_rewards(
-                self.rewards, self._prompts_for_rewards(sample_rows), texts, columns
-            )
+            prompts, columns = reward_inputs(sample_rows)
+            columns.update(prompt_ids=batch.prompt_ids, completion_ids=batch.completion_ids)
+            scored = score_rewards(self.rewards, prompts, texts, columns)
             scores, parts = scored.total, scored.parts
             exp.mask = exp.mask & scored.kept.to(dev)[:, None]  # dropped samples: no tokens
         truncated = torch.tensor([f == "length" for f in batch.finish_reasons])
@@ -561,9 +544,8 @@ class PPOTrainer:
                 [self._encode_prompt(r) for r in mine], sampling, 1, force_sync=True
             )
         texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
-        scores, _ = combine_rewards(
-            self.rewards, self._prompts_for_rewards(mine), texts, self._columns(mine)
-        )
+        prompts, columns = reward_inputs(mine)
+        scores, _ = combine_rewards(self.rewards, prompts, texts, columns)
         results = list(
             zip(
                 [r["category"] for r in mine],

@@ -28,7 +28,7 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -36,6 +36,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from align.chat_formats import ChatFormat, get_chat_format
+from align.data import messages_of
 from rm.model import last_token_scores
 
 Conversation = list[dict[str, str]]
@@ -46,6 +47,14 @@ class RewardFunction(Protocol):
     __name__: str
 
     def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]: ...
+
+
+def reward_inputs(rows: Sequence[Mapping]) -> tuple[list, dict[str, list]]:
+    """``(prompts, columns)`` for reward functions from prompt records: each record's ``prompt``
+    text (else its ``messages``), and every other field as a dataset column (None where absent)."""
+    prompts = [r["prompt"] if r.get("prompt") else messages_of(r) for r in rows]
+    keys = {k for r in rows for k in r} - {"prompt", "messages"}
+    return prompts, {k: [r.get(k) for r in rows] for k in sorted(keys)}
 
 
 def as_conversation(prompt: str | Conversation, completion: str | Conversation) -> Conversation:
