@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -19,3 +23,22 @@ def latest_checkpoint(output_dir: str | Path) -> Path:
         where = Path(output_dir) / "checkpoints"
         raise FileNotFoundError(f"{where}: no checkpoints to resume from")
     return found[-1]
+
+
+@contextmanager
+def atomic_checkpoint(accelerator, final: Path) -> Iterator[Path]:
+    """A temporary directory (with ``accelerate/`` made) that every process writes its part of a
+    checkpoint into; after the block, once all have written, the main process renames it to
+    ``final`` (replacing an older one), so a crash never leaves half a checkpoint."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "accelerate").mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    yield tmp
+    accelerator.wait_for_everyone()  # every rank has written its shards before the rename
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import torch
 
 from align import core_algos as ca
 from align.chat_formats import get_chat_format
+from align.checkpoints import atomic_checkpoint
 from align.data import messages_of
 from align.mixture import MixtureSampler
 from align.ppo_config import PPOConfig
@@ -611,29 +611,21 @@ class PPOTrainer:
         leaves half a checkpoint."""
         acc = self.accelerator
         final = self.out / "checkpoints" / f"step-{self.step}"
-        tmp = final.with_name(f".{final.name}.tmp")
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            (tmp / "accelerate").mkdir(parents=True)
-        acc.wait_for_everyone()
-        state_dict = acc.get_state_dict(self.model)  # gathered under ZeRO-3: None off rank 0
-        if acc.is_main_process:
-            unwrapped = acc.unwrap_model(self.model)
-            for name in ("actor", "critic"):
-                prefix = f"{name}."
-                part = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-                getattr(unwrapped, name).save_pretrained(
-                    tmp / name, state_dict=part, safe_serialization=True
-                )
-        acc.save_state(str(tmp / "accelerate"))
-        acc.wait_for_everyone()  # every rank has written its shards before the rename
-        if acc.is_main_process:
-            self.tokenizer.save_pretrained(tmp / "actor")
-            torch.save(self._state(), tmp / "trainer_state.pt")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        acc.wait_for_everyone()
+        with atomic_checkpoint(acc, final) as tmp:
+            state_dict = acc.get_state_dict(self.model)  # gathered under ZeRO-3: None off rank 0
+            if acc.is_main_process:
+                unwrapped = acc.unwrap_model(self.model)
+                for name in ("actor", "critic"):
+                    prefix = f"{name}."
+                    part = {
+                        k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)
+                    }
+                    getattr(unwrapped, name).save_pretrained(
+                        tmp / name, state_dict=part, safe_serialization=True
+                    )
+                self.tokenizer.save_pretrained(tmp / "actor")
+                torch.save(self._state(), tmp / "trainer_state.pt")
+            acc.save_state(str(tmp / "accelerate"))
         return final
 
     def _state(self) -> dict:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 
 from align.bucket_sampler import BucketBatchSampler
 from align.bucketing import BucketConfig, Instance, bucket_documents, materialize, plan_metrics
-from align.checkpoints import checkpoints, latest_checkpoint
+from align.checkpoints import atomic_checkpoint, checkpoints, latest_checkpoint
 from align.config_io import help_field as _help
 from align.mixture_control import MixtureControlConfig, MixtureController
 from align.sft_data import epoch_composition, initial_mix
@@ -512,21 +511,12 @@ class BucketPretrainer:
         a temporary directory, renamed once every process has written its shards."""
         acc = self.accelerator
         final = self.out / "checkpoints" / f"step-{self.step}"
-        tmp = final.with_name(f".{final.name}.tmp")
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            (tmp / "accelerate").mkdir(parents=True)
-        acc.wait_for_everyone()
-        self.save(tmp / "model")
-        acc.save_state(str(tmp / "accelerate"))
-        acc.wait_for_everyone()  # every rank has written its shards before the rename
-        if acc.is_main_process:
-            text = json.dumps(self.trainer_state(), indent=1, ensure_ascii=False)
-            (tmp / "trainer_state.json").write_text(text + "\n", encoding="utf-8")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        acc.wait_for_everyone()
+        with atomic_checkpoint(acc, final) as tmp:
+            self.save(tmp / "model")
+            acc.save_state(str(tmp / "accelerate"))
+            if acc.is_main_process:
+                text = json.dumps(self.trainer_state(), indent=1, ensure_ascii=False)
+                (tmp / "trainer_state.json").write_text(text + "\n", encoding="utf-8")
         return final
 
     def trainer_state(self) -> dict:

@@ -52,7 +52,7 @@ def verdicts_from_scores(
     return out
 
 
-def _check_lengths(prompts, answers_a, answers_b, categories) -> None:
+def check_lengths(prompts, answers_a, answers_b, categories) -> None:
     sizes = {len(prompts), len(answers_a), len(answers_b), len(categories)}
     if len(sizes) != 1:
         raise ValueError(
@@ -94,7 +94,7 @@ class RewardJudge:
 
     def scores(self, prompts, answers_a, answers_b, categories, **columns):
         """``(r_a [N], r_b [N], valid [N] bool)``."""
-        _check_lengths(prompts, answers_a, answers_b, categories)
+        check_lengths(prompts, answers_a, answers_b, categories)
         n = len(prompts)
         both = {k: list(v) + list(v) for k, v in {"category": categories, **columns}.items()}
         out = score_rewards(

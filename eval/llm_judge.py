@@ -234,11 +234,9 @@ class LLMJudge:
         **columns,
     ) -> list[str | None]:
         """Verdicts of candidate ``answers_a`` against baseline ``answers_b`` (both orders)."""
-        sizes = {len(prompts), len(answers_a), len(answers_b), len(categories)}
-        if len(sizes) != 1:
-            raise ValueError(
-                "judge: prompts, answers_a, answers_b and categories need the same length"
-            )
+        from eval.judges import check_lengths
+
+        check_lengths(prompts, answers_a, answers_b, categories)
         self.stats = JudgeStats()
         jobs = [
             (p, c, a, b, swapped)
