@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -65,24 +64,30 @@ def pei_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "align.cli", "pei", "--config", str(config)]
 
 
-def kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 900) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            raise AssertionError(f"align pei exited early:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(
-                f"timed out waiting to interrupt align pei:\n{log.read_text()[-3000:]}"
-            )
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+# The first run dies by SIGKILL at the moment round 2's evaluation starts — after its PPO saved
+# its step — deterministically, whatever the machine's speed (a polling killer raced it on a fast
+# CI machine and lost).
+CRASH_IN_ROUND_TWO = """
+import os, signal, sys
+import align.pei_run as pei_run
+from align.cli import main
+
+evaluate_round = pei_run.evaluate_round
+
+def crash_in_round_two(setup, actor, rdir):
+    if rdir.name == "round-2":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return evaluate_round(setup, actor, rdir)
+
+pei_run.evaluate_round = crash_in_round_two
+sys.argv = ["align", *sys.argv[1:]]
+main()
+"""
 
 
 @pytest.fixture(scope="module")
 def pei_run(tiny_world, tmp_path_factory):
-    """The run directory after: start, SIGKILL once round 2's PPO has saved a step, rerun."""
+    """The run directory after: start, SIGKILL once round 2's PPO has saved its step, rerun."""
     root = tmp_path_factory.mktemp("pei")
     out = root / "run"
     config = root / "pei.yaml"
@@ -91,11 +96,15 @@ def pei_run(tiny_world, tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     log = root / "first.log"
     with log.open("w") as sink:  # a file, not a pipe: nobody reads it while it runs
-        first = subprocess.Popen(
-            pei_command(config), stdout=sink, stderr=subprocess.STDOUT, env=env
+        first = subprocess.run(
+            [sys.executable, "-c", CRASH_IN_ROUND_TWO, *pei_command(config)[3:]],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=900,
         )
-        round2_step = out / "round-2" / "ppo" / "checkpoints" / "step-1"
-        kill_when(first, round2_step.exists, log)
+    assert first.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    assert (out / "round-2" / "ppo" / "checkpoints" / "step-1").is_dir()
     before = {p: p.stat().st_mtime_ns for p in out.glob("round-[01]/**/*") if p.is_file()}
     assert not (out / "round-2" / "decision.json").exists()
     second = subprocess.run(
