@@ -276,11 +276,21 @@ class PPOTrainer:
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
             if self._sync_due(force_sync):
                 started = time.perf_counter()
-                self.engine.sync_weights(unwrapped.actor)
+                self._sync_engine(unwrapped.actor)
                 self.synced_at_step = self.step
                 if times is not None:
                     times["time/weight_sync"] = time.perf_counter() - started
             return self.engine.generate(prompt_ids, sampling, n)
+
+    def _sync_engine(self, actor: torch.nn.Module) -> None:
+        """A shared engine (a server) is synced once, by the main process; nobody generates
+        before it has the new weights."""
+        if not getattr(self.engine, "shared", False):
+            self.engine.sync_weights(actor)
+            return
+        if self.accelerator.is_main_process:
+            self.engine.sync_weights(actor)
+        self.accelerator.wait_for_everyone()
 
     def _sync_due(self, force: bool) -> bool:
         if self.synced_at_step is None:

@@ -13,7 +13,6 @@ import yaml
 from align.config_io import help_field as _help
 
 TINY_REWARD = "align.tiny.reward:tiny_world_reward"
-ROLLOUT_ENGINES = ("hf", "vllm", "vllm-server")
 
 
 @dataclass
@@ -93,6 +92,21 @@ class PPOConfig:
         "vllm-server: URL of a running server; none = start one on 127.0.0.1.", None
     )
     vllm_server_timeout_s: float = _help("vllm-server: per-request timeout in seconds.", 300.0)
+    vllm_server_weight_sync: str = _help(
+        "vllm-server: how weights reach the server: auto (nccl with a GPU, else gloo), nccl, "
+        "gloo (process-group broadcast, any host) or file (safetensors file, same host only).",
+        "auto",
+    )
+    vllm_server_sync_address: str = _help(
+        "vllm-server: address at which the server's workers reach this trainer for the "
+        "broadcast (the trainer's own address when the server runs elsewhere).",
+        "127.0.0.1",
+    )
+    vllm_server_workers: int | None = _help(
+        "vllm-server: worker processes of a running server (tensor × pipeline × data "
+        "parallel); none = 1, or the tensor parallel size of a server align starts.",
+        None,
+    )
     missing_eos_penalty: float | None = _help(
         "Subtracted from the score of a completion that hit the length limit without EOS.", 1.0
     )
@@ -175,10 +189,11 @@ class PPOConfig:
         self._check_rollout_engine()
 
     def _check_rollout_engine(self) -> None:
-        if self.rollout_engine not in ROLLOUT_ENGINES:
+        from rollouts.factory import ENGINES, WEIGHT_SYNC
+
+        if self.rollout_engine not in ENGINES:
             raise ValueError(
-                f"rollout_engine: expected one of {', '.join(ROLLOUT_ENGINES)}, "
-                f"got {self.rollout_engine!r}"
+                f"rollout_engine: expected one of {', '.join(ENGINES)}, got {self.rollout_engine!r}"
             )
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ValueError(
@@ -192,6 +207,11 @@ class PPOConfig:
         url = self.vllm_server_url
         if url is not None and not url.startswith(("http://", "https://")):
             raise ValueError(f"vllm_server_url: expected http(s)://host:port, got {url!r}")
+        if self.vllm_server_weight_sync not in WEIGHT_SYNC:
+            raise ValueError(
+                f"vllm_server_weight_sync: expected one of {', '.join(WEIGHT_SYNC)}, "
+                f"got {self.vllm_server_weight_sync!r}"
+            )
 
     @classmethod
     def from_sources(cls, config: str | Path | None = None, overrides: list[str] = ()) -> PPOConfig:

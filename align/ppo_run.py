@@ -86,8 +86,14 @@ def engine_options(cfg: PPOConfig) -> dict:
     """The factory options of ``cfg.rollout_engine`` from the flat ``vllm_*`` fields."""
     if cfg.rollout_engine == "hf":
         return {"batch_size": 64}
+    server = {
+        "timeout_s": cfg.vllm_server_timeout_s,
+        "weight_sync": cfg.vllm_server_weight_sync,
+        "sync_address": cfg.vllm_server_sync_address,
+        "server_workers": cfg.vllm_server_workers,
+    }
     if cfg.rollout_engine == "vllm-server" and cfg.vllm_server_url:
-        return {"url": cfg.vllm_server_url, "timeout_s": cfg.vllm_server_timeout_s}
+        return {"url": cfg.vllm_server_url, **server}
     options = {
         "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
         "tensor_parallel_size": cfg.vllm_tensor_parallel_size,
@@ -98,7 +104,7 @@ def engine_options(cfg: PPOConfig) -> dict:
         "seed": cfg.seed,
     }
     if cfg.rollout_engine == "vllm-server":
-        options["timeout_s"] = cfg.vllm_server_timeout_s
+        options.update(server)
     return options
 
 
@@ -106,22 +112,52 @@ def build_engine(cfg: PPOConfig, actor: torch.nn.Module, tokenizer, policy_path:
     """``hf`` generates with the live actor; vLLM engines load the policy directory (the actor's
     starting weights) and follow the actor through weight sync. ``vllm_dtype: auto`` means the
     actor's dtype: vLLM's own "auto" may pick bfloat16 for a float32 checkpoint, and the
-    sampling logprobs would then drift from the trainer's (the logged gap shows it)."""
+    sampling logprobs would then drift from the trainer's (the logged gap shows it).
+
+    With several training processes, ``vllm`` runs one engine in each process and
+    ``vllm-server`` sends every process's prompts to one server (one that is running, or one the
+    main process starts)."""
     import os
 
     from rollouts.factory import make_engine
 
     if cfg.rollout_engine == "hf":
         return make_engine("hf", actor, tokenizer, **engine_options(cfg))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError(
-            f"rollout_engine: {cfg.rollout_engine} with several training processes is not "
-            "supported yet; use hf"
-        )
     options = engine_options(cfg)
     if options.get("dtype") == "auto":
         options["dtype"] = str(next(actor.parameters()).dtype).removeprefix("torch.")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from align.ppo import make_accelerator
+
+        # the trainer's process group first: vLLM's external launcher joins it, and a server's
+        # URL travels over it
+        accelerator = make_accelerator(cfg)
+        if cfg.rollout_engine == "vllm-server" and "url" not in options:
+            return _server_for_every_process(accelerator, cfg, tokenizer, policy_path, options)
     return make_engine(cfg.rollout_engine, policy_path, tokenizer, **options)
+
+
+def _server_for_every_process(
+    accelerator, cfg: PPOConfig, tokenizer, policy_path: Path, options: dict
+):
+    """The main process starts the server; the others connect to the URL it broadcasts."""
+    from accelerate.utils import broadcast_object_list
+
+    from rollouts.factory import make_engine
+
+    engine, url = None, [None]
+    try:
+        if accelerator.is_main_process:
+            engine = make_engine("vllm-server", policy_path, tokenizer, **options)
+            url = [engine.url]
+    finally:
+        broadcast_object_list(url)  # also when starting failed: nobody waits forever
+    if engine is not None:
+        return engine
+    if url[0] is None:
+        raise RuntimeError("the main process could not start the vLLM server (see its error)")
+    return make_engine("vllm-server", policy_path, tokenizer, url=url[0],
+                       timeout_s=cfg.vllm_server_timeout_s)  # fmt: skip
 
 
 def build_trainer(cfg: PPOConfig, engine: RolloutEngine | None = None) -> PPOTrainer:

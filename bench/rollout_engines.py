@@ -1,7 +1,7 @@
 """Rollout throughput: colocated vLLM vs transformers ``generate``, and weight-sync time.
 
     .venv/bin/python bench/rollout_engines.py [--prompts 16 64 256] [--new-tokens 32] [--repeats 3]
-                                       [--vllm-dtype float32]
+                                       [--vllm-dtype float32] [--no-server]
 
 Model: a random-init "tiny-256" Llama policy (hidden 256, 4 layers, 8 heads, 4 KV heads, MLP 688,
 the tiny world's tokenizer and vocabulary), fp32, saved once to a temporary directory. Prompts:
@@ -10,7 +10,8 @@ new tokens (a random model rarely emits EOS, so nearly every row runs to the lim
 counts the tokens actually generated). Both engines live in this one process and take turns
 (warm-up call, then ``--repeats`` timed calls each, alternating), so other load on the machine
 slows both alike; ``generate`` gets all prompts in one batch. Sync: ``sync_weights`` of the
-policy into the vLLM engine, in place (``--repeats`` × 2 timings, after a first untimed one).
+policy into the vLLM engine, in place (``--repeats`` × 2 timings, after a first untimed one), and,
+unless ``--no-server``, into a vLLM server on 127.0.0.1 by gloo broadcast and by a weights file.
 
 Prints one JSON line per (engine, prompts), one for sync, then a summary with the vLLM/generate
 tokens/s ratio per prompt count.
@@ -88,7 +89,7 @@ def bench_prompts(engines: dict, n: int, vocab: int, sampling, repeats: int) -> 
     return rows
 
 
-def bench_sync(engine, model, repeats: int) -> dict:
+def bench_sync(engine, model, repeats: int, kind: str = "vllm", sync: str = "in-place") -> dict:
     engine.sync_weights(model)
     times = []
     for _ in range(2 * repeats):
@@ -98,12 +99,32 @@ def bench_sync(engine, model, repeats: int) -> dict:
         times.append(engine.last_sync_seconds)
     params = sum(p.numel() for p in model.parameters())
     return {
-        "engine": "vllm",
-        "sync": "in-place",
+        "engine": kind,
+        "sync": sync,
         "params": params,
         "median_s": round(statistics.median(times), 4),
         "max_s": round(max(times), 4),
     }
+
+
+def bench_server_sync(model_dir: str, model, tokenizer, dtype: str, repeats: int) -> list[dict]:
+    """Sync into one server through both transports (two clients of the same server)."""
+    import dataclasses
+
+    from rollouts.factory import make_engine
+    from rollouts.vllm_server import VLLMServerEngine
+
+    server = make_engine("vllm-server", model_dir, tokenizer, dtype=dtype, max_model_len=512)
+    try:
+        rows = []
+        for transport in ("gloo", "file"):
+            options = dataclasses.replace(server.options, weight_sync=transport)
+            client = VLLMServerEngine(options, server.eos_token_ids)
+            rows.append(bench_sync(client, model, repeats, "vllm-server", transport))
+            client.close()
+        return rows
+    finally:
+        server.close()
 
 
 def main() -> None:
@@ -112,6 +133,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vllm-dtype", default="float32")
+    parser.add_argument("--no-server", action="store_true", help="skip the server sync timings")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -139,8 +161,11 @@ def main() -> None:
             by_engine = {r["engine"]: r["tokens_per_s"] for r in rows}
             ratios[n] = round(by_engine["vllm"] / by_engine["generate"], 2)
         print(json.dumps(bench_sync(engines["vllm"], model, args.repeats)), flush=True)
-        print(json.dumps({"summary": "vllm_over_generate_tokens_per_s", **ratios}), flush=True)
         engines["vllm"].close()
+        if not args.no_server:
+            for row in bench_server_sync(tmp, model, tokenizer, args.vllm_dtype, args.repeats):
+                print(json.dumps(row), flush=True)
+        print(json.dumps({"summary": "vllm_over_generate_tokens_per_s", **ratios}), flush=True)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,10 @@ def right_pad(
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """Generates completions and follows the trainer's weights."""
+    """Generates completions and follows the trainer's weights.
+
+    An engine that every training process reaches (a server) sets ``shared = True``: the trainer
+    then syncs it from the main process only, and the others wait for that sync."""
 
     def generate(
         self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams, n: int = 1

@@ -10,8 +10,8 @@
 - ``vllm-server`` — a vLLM OpenAI-compatible server: ``url=`` one that is running, or none to
   start one on 127.0.0.1 on the model directory (stopped by the engine's ``close()``). Options: the
   fields of :class:`~rollouts.vllm_server.ServerOptions` (``url``, ``timeout_s``, ``max_retries``,
-  ``retry_backoff_s``, ``startup_timeout_s``, ``weights_dir``) and, when starting one, the
-  ``vllm`` options above.
+  ``retry_backoff_s``, ``startup_timeout_s``, ``weight_sync``, ``sync_address``, ``sync_port``,
+  ``server_workers``, ``weights_dir``) and, when starting one, the ``vllm`` options above.
 
 Unknown options raise ``ValueError`` naming them.
 """
@@ -26,6 +26,7 @@ import torch
 from rollouts.base import RolloutEngine
 
 ENGINES = ("hf", "vllm", "vllm-server")
+WEIGHT_SYNC = ("auto", "nccl", "gloo", "file")  # how a vllm-server engine receives weights
 
 
 def _split_options(options: dict, *classes: type) -> list[dict]:

@@ -1,9 +1,13 @@
-"""Rollouts with a vLLM engine colocated in the training process.
+"""Rollouts with a vLLM engine colocated with the trainer.
 
-The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so :meth:`VLLMEngine.sync_weights`
-can write the trainer's weights straight into vLLM's model (see :mod:`rollouts.weight_sync`), on
-GPU and on the CPU backend alike. Logprobs follow the rollout contract (``log_softmax(logits / T)``
-before top-k / top-p) through :mod:`rollouts.vllm_logprobs`.
+The engine core runs in the training process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); its model
+lives there too, or, with ``tensor_parallel_size > 1``, in worker processes that each hold a shard.
+:meth:`VLLMEngine.sync_weights` hands the trainer's full weights to every worker
+(:class:`~rollouts.vllm_worker_ext.WeightSyncExtension`), which loads them in place — on GPU and on
+the CPU backend alike (see :mod:`rollouts.weight_sync`). With several training processes each
+process runs its own engine (vLLM's ``external_launcher``, one replica per process). Logprobs
+follow the rollout contract (``log_softmax(logits / T)`` before top-k / top-p) through
+:mod:`rollouts.vllm_logprobs`.
 
 Scripts that create an engine need ``if __name__ == "__main__":`` (vLLM may spawn processes).
 """
@@ -18,13 +22,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
 
 from rollouts.base import FinishReason, RolloutBatch, SamplingParams
-from rollouts.weight_sync import exported, load_weights_in_place
+from rollouts.weight_sync import exported
 
 # On the CPU backend ``gpu_memory_utilization`` is a fraction of *host* memory; a shared box
 # cannot spare 30% of it, so without CUDA the KV cache gets this fixed size unless one is given.
@@ -81,10 +84,60 @@ class VLLMOptions:
             "kv_cache_memory_bytes": self.kv_cache_memory_bytes
             or (None if cuda else CPU_KV_CACHE_BYTES),
         }
-        if self.tensor_parallel_size > 1:
-            # each training process holds its shard, as TRL's colocate mode does
+        return kwargs
+
+    def colocated_kwargs(self) -> dict:
+        """:meth:`llm_kwargs` for an engine inside the training process(es): with several
+        training processes each one runs its own replica of the engine in its own process
+        (vLLM's ``external_launcher``); alone, a tensor-parallel engine starts its workers."""
+        from rollouts.vllm_worker_ext import EXTENSION
+
+        kwargs = {**self.llm_kwargs(), "worker_extension_cls": EXTENSION}
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        if processes > 1:
+            if self.tensor_parallel_size > 1:
+                raise ValueError(
+                    "tensor_parallel_size > 1 for a vLLM engine inside several training "
+                    "processes is not supported; use one engine per process "
+                    "(tensor_parallel_size: 1) or a vLLM server with tensor parallelism"
+                )
             kwargs["distributed_executor_backend"] = "external_launcher"
         return kwargs
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """``os.environ`` with ``values`` set inside the block (as worker processes start)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def cpu_workers_env(workers: int) -> dict[str, str]:
+    """Environment for ``workers`` vLLM CPU workers: vLLM's automatic thread binding wants one
+    NUMA node per worker, so several workers on one node get an equal share of the cores each
+    (unless ``VLLM_CPU_OMP_THREADS_BIND`` is already set). Empty with CUDA or one worker."""
+    if workers == 1 or torch.cuda.is_available() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return {}
+    return {"VLLM_CPU_OMP_THREADS_BIND": cpu_thread_binding(workers)}
+
+
+def cpu_thread_binding(workers: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` giving each of ``workers`` CPU workers an equal share of
+    this process's cores ("0-3|4-7"); vLLM's automatic binding wants one NUMA node per worker."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < workers:
+        raise ValueError(f"tensor_parallel_size {workers}: only {len(cores)} CPU cores here")
+    share = len(cores) // workers
+    groups = [cores[i * share : (i + 1) * share] for i in range(workers)]
+    return "|".join(",".join(map(str, g)) for g in groups)
 
 
 def vllm_sampling_fields(sampling: SamplingParams, eos_token_ids: Sequence[int], n: int) -> dict:
@@ -139,7 +192,9 @@ class VLLMEngine:
         self.model_dir, self._owned_dir = Path(model_dir), owned_dir
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process: weights reachable
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
-        self.llm = LLM(model=str(model_dir), **self.options.llm_kwargs())
+        kwargs = self.options.colocated_kwargs()
+        with environment(cpu_workers_env(self.options.tensor_parallel_size)):
+            self.llm = LLM(model=str(model_dir), **kwargs)
         # vLLM's CPU worker replaces torch.set_num_threads by a no-op (after binding its OpenMP
         # threads) and asks for one intra-op thread "for serving". In-process, both would reach
         # the trainer too: give torch its function and thread count back.
@@ -179,7 +234,8 @@ class VLLMEngine:
         started = time.perf_counter()
         self.wake_up()
         with exported(model) as weights:
-            self.llm.apply_model(partial(load_weights_in_place, weights=weights))
+            # runs in every worker: in this process, or in a tensor-parallel engine's workers
+            self.llm.collective_rpc("align_load_tensors", args=(weights,))
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
         self.sleep()
         self.sync_count += 1

@@ -9,15 +9,23 @@
 package — configured for the rollout contract: contract logprobs (:mod:`rollouts.vllm_logprobs`),
 no checkpoint sampling defaults, and the weight-sync worker extension.
 
-Weight sync (:meth:`VLLMServerEngine.sync_weights`) writes the actor's weights to a safetensors
-file and asks the server to load them in place (``/collective_rpc`` →
-:class:`~rollouts.vllm_worker_ext.WeightSyncExtension`): it needs a server on the same host
-started with ``--worker-extension-cls`` and ``VLLM_SERVER_DEV_MODE=1``, as :meth:`launch` does.
+Weight sync (:meth:`VLLMServerEngine.sync_weights`, ``ServerOptions.weight_sync``):
+
+- ``nccl`` / ``gloo`` — broadcast over a process group between the trainer and the server's
+  workers (:mod:`rollouts.weight_transfer`); works across hosts. ``auto`` (the default) is NCCL
+  when the trainer has a GPU, gloo otherwise. The server needs ``VLLM_SERVER_DEV_MODE=1``,
+  ``--weight-transfer-config '{"backend": "nccl"}'`` (or ``"align_gloo"``) and, for gloo,
+  ``--worker-extension-cls rollouts.vllm_worker_ext.WeightSyncExtension`` — :func:`server_command`
+  gives the whole command, and :meth:`launch` runs it.
+- ``file`` — a safetensors file the server loads in place through ``/collective_rpc`` (same host
+  only).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -35,9 +43,11 @@ from pathlib import Path
 import torch
 
 from rollouts.base import RolloutBatch, SamplingParams
+from rollouts.factory import WEIGHT_SYNC
 from rollouts.vllm_engine import (
     VLLMOptions,
     check_prompts,
+    cpu_workers_env,
     eos_ids_of,
     finish_reason,
     vllm_sampling_fields,
@@ -58,11 +68,19 @@ class ServerOptions:
     max_retries: int = 2
     retry_backoff_s: float = 1.0
     startup_timeout_s: float = 300.0
+    weight_sync: str = "auto"
+    sync_address: str = "127.0.0.1"  # where the server's workers reach this trainer
+    sync_port: int | None = None  # None: a free port
+    server_workers: int | None = None  # None: the tensor parallel size of a launched server, or 1
     weights_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url: expected http(s)://host:port, got {self.url!r}")
+        if self.weight_sync not in WEIGHT_SYNC:
+            raise ValueError(
+                f"weight_sync: expected one of {', '.join(WEIGHT_SYNC)}, got {self.weight_sync!r}"
+            )
         for name in ("timeout_s", "startup_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected > 0, got {getattr(self, name)}")
@@ -76,8 +94,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(model_dir: str | Path, port: int, options: VLLMOptions) -> list[str]:
-    """The command :meth:`VLLMServerEngine.launch` runs (also what to run by hand)."""
+def transfer_backend(weight_sync: str) -> str | None:
+    """The server's ``--weight-transfer-config`` backend for a ``weight_sync`` choice."""
+    from rollouts.weight_transfer import GLOO, auto_backend
+
+    return {"auto": auto_backend(), "nccl": "nccl", "gloo": GLOO, "file": None}[weight_sync]
+
+
+def server_command(
+    model_dir: str | Path, port: int, options: VLLMOptions, weight_sync: str = "auto"
+) -> list[str]:
+    """The command :meth:`VLLMServerEngine.launch` runs (also what to run by hand, with
+    ``VLLM_SERVER_DEV_MODE=1`` in the environment and ``--host`` as needed)."""
     from rollouts.vllm_worker_ext import EXTENSION
 
     kw = options.llm_kwargs()
@@ -102,11 +130,15 @@ def server_command(model_dir: str | Path, port: int, options: VLLMOptions) -> li
         cmd += ["--kv-cache-memory-bytes", str(kw["kv_cache_memory_bytes"])]
     if kw["enable_sleep_mode"]:
         cmd.append("--enable-sleep-mode")
+    if backend := transfer_backend(weight_sync):
+        cmd += ["--weight-transfer-config", json.dumps({"backend": backend})]
     return cmd
 
 
 class VLLMServerEngine:
     """A :class:`~rollouts.base.RolloutEngine` on a vLLM OpenAI-compatible server."""
+
+    shared = True  # one server for every training process
 
     def __init__(
         self,
@@ -123,6 +155,7 @@ class VLLMServerEngine:
         )
         self.process, self._owned_dir = process, owned_dir
         self._model_name: str | None = None
+        self._broadcaster = None
         self.sync_count, self.last_sync_seconds = 0, 0.0
 
     # ------------------------------------------------------------ starting a server
@@ -138,6 +171,8 @@ class VLLMServerEngine:
         """Start a server on 127.0.0.1 on a model directory (a module is saved first) and wait
         until it answers ``/health``; :meth:`close` stops it."""
         options, vllm_options = options or ServerOptions(), vllm_options or VLLMOptions()
+        if options.server_workers is None:
+            options = dataclasses.replace(options, server_workers=vllm_options.tensor_parallel_size)
         workdir = Path(tempfile.mkdtemp(prefix="align-vllm-server-"))
         model_dir = model_or_path
         if isinstance(model_or_path, torch.nn.Module):
@@ -146,16 +181,20 @@ class VLLMServerEngine:
             tokenizer.save_pretrained(model_dir)
         port = free_port()
         log = (workdir / "server.log").open("wb")
-        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+        env = {
+            **os.environ,
+            "VLLM_SERVER_DEV_MODE": "1",
+            **cpu_workers_env(vllm_options.tensor_parallel_size),
+        }
         process = subprocess.Popen(
-            server_command(model_dir, port, vllm_options),
+            server_command(model_dir, port, vllm_options, options.weight_sync),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
         )
         url = f"http://127.0.0.1:{port}"
         engine = cls(
-            ServerOptions(**{**vars(options), "url": url}),
+            dataclasses.replace(options, url=url),
             eos_ids_of(tokenizer),
             process=process,
             owned_dir=workdir,
@@ -190,6 +229,12 @@ class VLLMServerEngine:
 
     def close(self) -> None:
         """Stop the server this engine started (if any) and remove its files."""
+        if self._broadcaster is not None:
+            if self.process is None:  # a server we do not stop: release its side of the group
+                with contextlib.suppress(ConnectionError, ValueError, RuntimeError):
+                    self._dev_route("/shutdown_weight_transfer_engine")
+            self._broadcaster.close()
+            self._broadcaster = None
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -202,11 +247,15 @@ class VLLMServerEngine:
 
     # ------------------------------------------------------------ HTTP
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+    def _request(
+        self, method: str, path: str, body: dict | None = None, retry: bool = True
+    ) -> dict:
         """JSON request with retries on connection errors and 5xx; 4xx raise at once."""
         data = None if body is None else json.dumps(body).encode()
         last: Exception | None = None
-        for attempt in range(self.options.max_retries + 1):
+        failed = ""  # the last 5xx answer
+        attempts = self.options.max_retries + 1 if retry else 1
+        for attempt in range(attempts):
             if attempt:
                 time.sleep(self.options.retry_backoff_s * 2 ** (attempt - 1))
             request = urllib.request.Request(
@@ -225,12 +274,15 @@ class VLLMServerEngine:
                     raise ValueError(
                         f"vLLM server at {self.url}{path}: {err.code} {detail}"
                     ) from err
-                last = err
+                last, failed = err, f"{err.code} {detail}"
             except (urllib.error.URLError, OSError) as err:  # refused, reset, timed out
-                last = err
+                last, failed = err, ""
+        if failed:
+            raise RuntimeError(
+                f"vLLM server at {self.url}{path} failed ({attempts} attempts): {failed}"
+            ) from last
         raise ServerUnavailable(
-            f"vLLM server at {self.url} is unreachable ({path}, "
-            f"{self.options.max_retries + 1} attempts): {last}"
+            f"vLLM server at {self.url} is unreachable ({path}, {attempts} attempts): {last}"
         ) from last
 
     @property
@@ -275,15 +327,75 @@ class VLLMServerEngine:
         return self._owned_dir / "weights"
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Write ``model``'s weights to a file and have the server load them in place."""
+        """Send ``model``'s weights (ZeRO-3 gathered, LoRA merged) to the server, which loads
+        them in place; its prefix cache is reset. Call it on one process only."""
         started = time.perf_counter()
         with exported(model) as weights:
-            path = save_weights(weights, self._weights_dir())
-        self._request(
-            "POST",
-            "/collective_rpc",
-            {"method": "align_load_weights", "kwargs": {"path": str(path.resolve())}},
-        )
-        self._request("POST", "/reset_prefix_cache")
+            if self.options.weight_sync == "file":
+                path = save_weights(weights, self._weights_dir())
+                self._dev_route(
+                    "/collective_rpc",
+                    {"method": "align_load_weights", "kwargs": {"path": str(path.resolve())}},
+                )
+            else:
+                self._weight_broadcaster().send(weights)
+        self._dev_route("/reset_prefix_cache")
         self.sync_count += 1
         self.last_sync_seconds = time.perf_counter() - started
+
+    def _weight_broadcaster(self):
+        if self._broadcaster is None:
+            from rollouts.weight_transfer import WeightBroadcaster
+
+            # a server without the routes fails here, not inside a rendezvous that waits
+            self._dev_route("/is_paused", method="GET")
+            o = self.options
+            self._broadcaster = WeightBroadcaster(
+                transfer_backend(o.weight_sync),
+                TransferRoutes(self),
+                o.sync_address,
+                o.sync_port or free_port(),
+                o.server_workers or 1,
+                timeout_s=o.timeout_s,
+            )
+        return self._broadcaster
+
+    def _dev_route(self, path: str, body: dict | None = None, method: str = "POST") -> None:
+        """One request to a dev-mode route (weight sync, cache reset), never retried: a repeated
+        collective would hang. A missing route or a failing one is explained."""
+        try:
+            self._request(method, path, body, retry=False)
+        except (ValueError, RuntimeError) as err:
+            if isinstance(err, ValueError) and ": 404 " not in str(err):
+                raise
+            backend = transfer_backend(self.options.weight_sync)
+            needs = (
+                f'--weight-transfer-config \'{{"backend": "{backend}"}}\''
+                if backend
+                else "--worker-extension-cls rollouts.vllm_worker_ext.WeightSyncExtension"
+            )
+            raise type(err)(
+                f"{err}\n(weight_sync: {self.options.weight_sync} needs a server started with "
+                f"VLLM_SERVER_DEV_MODE=1 and {needs}; rollouts.vllm_server.server_command gives "
+                "the full command)"
+            ) from err
+
+
+class TransferRoutes:
+    """The server's weight-transfer routes, as the client vLLM's trainer engines drive."""
+
+    def __init__(self, engine: VLLMServerEngine) -> None:
+        self.engine = engine
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self.engine._dev_route("/init_weight_transfer_engine", {"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.engine._dev_route("/start_weight_update")
+
+    def update_weights(self, update_info: dict) -> None:
+        self.engine._dev_route("/update_weights", {"update_info": update_info})
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        body = None if weight_version is None else {"weight_version": weight_version}
+        self.engine._dev_route("/finish_weight_update", body)

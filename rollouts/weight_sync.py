@@ -167,18 +167,26 @@ def _repack(model: torch.nn.Module) -> None:
             method.process_weights_after_loading(m)
 
 
-def load_weights_in_place(
-    model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tensor]]
-) -> int:
-    """Load HF-named ``weights`` into a live vLLM ``model``; returns how many names it took.
-
-    On CPU, packed layers are unpacked first and re-packed after (see the module docstring).
-    """
+@contextmanager
+def loading_in_place(model: torch.nn.Module):
+    """Inside the block, ``model.load_weights`` updates a live vLLM model (call it any number of
+    times). On CPU, packed layers are unpacked on entry and re-packed on exit (see the module
+    docstring); on GPU this adds nothing."""
     on_cpu = any(hasattr(m, "cpu_linear") for m in model.modules())
     for layer in _packed_linear_layers(model):
         _restore_weight_parameter(layer)
-    with torch.no_grad():
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if on_cpu:
+            _repack(model)
+
+
+def load_weights_in_place(
+    model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tensor]]
+) -> int:
+    """Load HF-named ``weights`` into a live vLLM ``model``; returns how many names it took."""
+    with loading_in_place(model):
         loaded = model.load_weights(weights)
-    if on_cpu:
-        _repack(model)
     return len(loaded) if loaded is not None else 0

@@ -69,11 +69,18 @@ def trajectory(out):
     return [[r[k] for k in keys] for r in rows if "loss/policy_avg" in r]
 
 
+@pytest.fixture(scope="module")
+def one_process(tiny_world, tmp_path_factory):
+    """The reference: one process, the hf engine."""
+    out = tmp_path_factory.mktemp("ppo") / "one"
+    align_ppo(*ppo_args(tiny_world, out))
+    return out
+
+
 @pytest.mark.slow
-def test_two_processes_follow_the_single_process_trajectory(tiny_world, tmp_path):
+def test_two_processes_follow_the_single_process_trajectory(tiny_world, one_process, tmp_path):
     """Same global batch (top_k=1 makes sampling deterministic): the loss trajectory and the
     final weights of 2 DDP processes match one process."""
-    align_ppo(*ppo_args(tiny_world, tmp_path / "one"))
     align_ppo(
         *ppo_args(tiny_world, tmp_path / "two"),
         "--num-processes",
@@ -81,12 +88,37 @@ def test_two_processes_follow_the_single_process_trajectory(tiny_world, tmp_path
         "--accelerate-config",
         str(CONFIGS / "ddp.yaml"),
     )
-    one, two = trajectory(tmp_path / "one"), trajectory(tmp_path / "two")
+    one, two = trajectory(one_process), trajectory(tmp_path / "two")
     assert len(one) == len(two) == 3
     assert torch.allclose(torch.tensor(one), torch.tensor(two), atol=1e-4, rtol=1e-4), (one, two)
-    a = load_file(tmp_path / "one" / "checkpoints" / "step-3" / "actor" / "model.safetensors")
+    a = load_file(one_process / "checkpoints" / "step-3" / "actor" / "model.safetensors")
     b = load_file(tmp_path / "two" / "checkpoints" / "step-3" / "actor" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["vllm", "vllm-server"])
+def test_two_processes_generate_with_vllm(tiny_world, one_process, tmp_path, engine):
+    """2 DDP processes with a vLLM engine in each (vllm) or one server the main process starts
+    and syncs by gloo broadcast (vllm-server), synced after every update: the engine's logprobs
+    match each step's actor (a stale engine shows the update as a gap of 0.18–0.5 here), and
+    the run follows the one-process hf trajectory."""
+    pytest.importorskip("vllm")
+    out = tmp_path / engine
+    align_ppo(
+        *ppo_args(tiny_world, out, rollout_engine=engine, vllm_kv_cache_bytes=2**28),
+        "--num-processes",
+        "2",
+        "--accelerate-config",
+        str(CONFIGS / "ddp.yaml"),
+    )
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    steps = [r for r in rows if "loss/policy_avg" in r]
+    assert len(steps) == 3
+    assert all(r["time/weight_sync"] > 0 for r in steps[1:])  # step 1 reuses the eval's sync
+    assert max(r["rollout/logprob_gap_max"] for r in steps) < 1e-4
+    one, two = trajectory(one_process), trajectory(out)
+    assert torch.allclose(torch.tensor(one), torch.tensor(two), atol=1e-4, rtol=1e-4), (one, two)
 
 
 @pytest.mark.slow

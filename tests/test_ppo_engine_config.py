@@ -1,7 +1,9 @@
 """PPO's rollout-engine settings: flat fields, the dotted/nested spellings, the factory options,
-and the engine-vs-trainer logprob gap (fast; no vLLM)."""
+and the engine-vs-trainer logprob gap, the server command (fast; no engine starts)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -37,6 +39,8 @@ def test_engine_settings_are_validated(tmp_path):
         PPOConfig(vllm_server_url="localhost:8000")
     with pytest.raises(ValueError, match="vllm_gpu_memory_utilization"):
         PPOConfig(vllm_gpu_memory_utilization=1.5)
+    with pytest.raises(ValueError, match="vllm_server_weight_sync: expected one of auto, nccl"):
+        PPOConfig(vllm_server_weight_sync="rsync")
     with pytest.raises(ValueError, match=r"unknown PPOConfig fields \['rollout.engin'\]"):
         PPOConfig.from_sources(None, ["--rollout.engin", "vllm"])
 
@@ -56,8 +60,20 @@ def test_engine_options_from_flat_fields():
         "kv_cache_memory_bytes": 2**28,
         "seed": 3,
     }
-    cfg = PPOConfig(rollout_engine="vllm-server", vllm_server_url="http://127.0.0.1:8000")
-    assert engine_options(cfg) == {"url": "http://127.0.0.1:8000", "timeout_s": 300.0}
+    cfg = PPOConfig(rollout_engine="vllm-server", vllm_server_url="http://127.0.0.1:8000",
+                    vllm_server_weight_sync="gloo", vllm_server_sync_address="10.0.0.2",
+                    vllm_server_workers=4)  # fmt: skip
+    assert engine_options(cfg) == {
+        "url": "http://127.0.0.1:8000",
+        "timeout_s": 300.0,
+        "weight_sync": "gloo",
+        "sync_address": "10.0.0.2",
+        "server_workers": 4,
+    }
+    # fields reach the engine's options by name
+    from rollouts.vllm_server import ServerOptions
+
+    assert ServerOptions(**engine_options(cfg)).server_workers == 4
 
 
 def test_logprob_gap_is_mean_and_max_over_completion_tokens():
@@ -72,3 +88,42 @@ def test_logprob_gap_is_mean_and_max_over_completion_tokens():
     # |−1 + 1.5| + |−2 + 2| + |−0.5 + 0.4| + |−0.25 + 1| = 0.5 + 0 + 0.1 + 0.75 = 1.35 over 4
     assert count == 4
     assert torch.isclose(total, torch.tensor(1.35)) and torch.isclose(peak, torch.tensor(0.75))
+
+
+def test_tensor_parallel_colocated_engines_across_processes_are_refused(monkeypatch):
+    pytest.importorskip("vllm")
+    from rollouts.vllm_engine import VLLMOptions
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="tensor_parallel_size > 1 for a vLLM engine inside"):
+        VLLMOptions(tensor_parallel_size=2).colocated_kwargs()
+    kwargs = VLLMOptions().colocated_kwargs()  # one replica per training process
+    assert kwargs["distributed_executor_backend"] == "external_launcher"
+
+
+def test_cpu_thread_binding_splits_the_cores(monkeypatch):
+    from rollouts.vllm_engine import cpu_thread_binding
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    assert cpu_thread_binding(2) == "0,1|2,3"
+    with pytest.raises(ValueError, match="tensor_parallel_size 8: only 5 CPU cores"):
+        cpu_thread_binding(8)
+
+
+@pytest.mark.parametrize(
+    "weight_sync, backend", [("gloo", "align_gloo"), ("nccl", "nccl"), ("file", None)]
+)
+def test_server_command_asks_for_the_weight_transfer_backend(weight_sync, backend):
+    pytest.importorskip("vllm")
+    from rollouts.vllm_engine import VLLMOptions
+    from rollouts.vllm_server import server_command
+    from rollouts.vllm_worker_ext import EXTENSION
+
+    cmd = server_command("/m", 8000, VLLMOptions(), weight_sync)
+    assert cmd[cmd.index("--worker-extension-cls") + 1] == EXTENSION
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    if backend is None:
+        assert "--weight-transfer-config" not in cmd
+    else:
+        config = json.loads(cmd[cmd.index("--weight-transfer-config") + 1])
+        assert config == {"backend": backend}

@@ -72,23 +72,36 @@ def test_server_greedy_equals_generate_and_sampling_is_grouped(
                                      zip(sampled.completion_ids, sampled.logprobs))  # fmt: skip
 
 
-def test_server_follows_synced_weights(server, policy, prompts, world_tokenizer):
-    """Perturbed weights → sync → the server answers like transformers on the new weights."""
+@pytest.mark.parametrize("weight_sync", ["gloo", "file"])
+def test_server_follows_synced_weights(server, policy, prompts, world_tokenizer, weight_sync):
+    """Perturbed weights → sync → the server answers like transformers on the new weights,
+    through a gloo broadcast (the CPU twin of the NCCL one) and through a weights file; a second
+    sync over the same broadcast group works too."""
     import copy
+    import dataclasses
 
+    from rollouts.vllm_server import VLLMServerEngine
+
+    engine = VLLMServerEngine(
+        dataclasses.replace(server.options, weight_sync=weight_sync), server.eos_token_ids
+    )
     greedy = SamplingParams(max_new_tokens=20, temperature=0)
-    before = server.generate(prompts, greedy)
+    before = engine.generate(prompts, greedy)
     updated = copy.deepcopy(policy)
     torch.manual_seed(0)
     with torch.no_grad():
         for p in updated.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    server.sync_weights(updated)
-    after = server.generate(prompts, greedy)
+    engine.sync_weights(updated)
+    after = engine.generate(prompts, greedy)
     reference = GenerateEngine.from_tokenizer(updated, world_tokenizer).generate(prompts, greedy)
     assert_same_answers(after, reference)
     assert after.completion_ids != before.completion_ids
-    server.sync_weights(policy)  # back to the policy for the other tests
+    engine.sync_weights(policy)  # back to the policy for the other tests
+    assert_same_answers(engine.generate(prompts, greedy),
+                        GenerateEngine.from_tokenizer(policy, world_tokenizer).generate(
+                            prompts, greedy))  # fmt: skip
+    engine.close()  # releases the broadcast group, not the server (another engine started it)
 
 
 def test_stopped_server_gives_a_clear_error_naming_the_url(server, prompts):
