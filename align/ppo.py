@@ -621,7 +621,7 @@ class PPOTrainer:
         leaves half a checkpoint."""
         acc = self.accelerator
         final = self.out / "checkpoints" / f"step-{self.step}"
-        with atomic_checkpoint(acc, final) as tmp:
+        with atomic_checkpoint(acc, final, self.cfg.save_total_limit) as tmp:
             state_dict = acc.get_state_dict(self.model)  # gathered under ZeRO-3: None off rank 0
             if acc.is_main_process:
                 unwrapped = acc.unwrap_model(self.model)

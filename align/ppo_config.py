@@ -142,6 +142,9 @@ class PPOConfig:
 
     # bookkeeping
     save_every: int = _help("Checkpoint every N steps (0 = only at the end) [S: 20].", 20)
+    save_total_limit: int | None = _help(
+        "Keep only the N most recent checkpoints (older ones are deleted); none = keep all.", None
+    )
     eval_every: int = _help("Greedy held-out evaluation every N steps (0 = start and end).", 0)
     eval_max_prompts: int = _help("Held-out prompts evaluated (first N).", 300)
     eval_temperature: float = _help(
@@ -184,6 +187,10 @@ class PPOConfig:
             raise ValueError(f"temperature: expected > 0 for PPO sampling, got {self.temperature}")
         if self.lora_r < 0:
             raise ValueError(f"lora_r: expected >= 0 (0 = off), got {self.lora_r}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError(
+                f"save_total_limit: expected >= 1 or none, got {self.save_total_limit}"
+            )
         if not self.rewards:
             raise ValueError("rewards: expected at least one reward function")
         self._check_rollout_engine()

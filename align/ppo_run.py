@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from align.checkpoints import latest_checkpoint
+from align.checkpoints import checkpoint_to_resume
 from align.data import load_records
 from align.ppo import PPOTrainer
 from align.ppo_config import PPOConfig
@@ -162,6 +162,7 @@ def _server_for_every_process(
 
 def build_trainer(cfg: PPOConfig, engine: RolloutEngine | None = None) -> PPOTrainer:
     """Everything from the config; ``engine`` replaces the one ``cfg.rollout_engine`` names."""
+    resume = checkpoint_to_resume(cfg.output_dir, cfg.resume_from, "PPO", "trainer_state.pt")
     torch.manual_seed(cfg.seed)
     paths = _resolve_paths(cfg)
     prompts = load_records(paths["prompts"], "prompts").to_list()
@@ -183,12 +184,7 @@ def build_trainer(cfg: PPOConfig, engine: RolloutEngine | None = None) -> PPOTra
         engine,
         eval_prompts,
     )
-    if cfg.resume_from:
-        resume = (
-            latest_checkpoint(cfg.output_dir)
-            if cfg.resume_from == "latest"
-            else Path(cfg.resume_from)
-        )
+    if resume is not None:
         trainer.load_checkpoint(resume)
     return trainer
 

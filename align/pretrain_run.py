@@ -35,7 +35,7 @@ import torch
 
 from align.bucket_sampler import BucketBatchSampler
 from align.bucketing import BucketConfig, Instance, bucket_documents, materialize, plan_metrics
-from align.checkpoints import atomic_checkpoint, checkpoints, latest_checkpoint
+from align.checkpoints import atomic_checkpoint, checkpoint_to_resume
 from align.config_io import help_field as _help
 from align.mixture_control import MixtureControlConfig, MixtureController
 from align.sft_data import epoch_composition, initial_mix
@@ -85,6 +85,9 @@ class PretrainConfig:
         "Checkpoint every N optimizer steps; 0 = only at the end of each stage (always written).",
         0,
     )
+    save_total_limit: int | None = _help(
+        "Keep only the N most recent checkpoints (older ones are deleted); none = keep all.", None
+    )
     resume_from: str | None = _help(
         "Checkpoint to continue from: 'latest' (highest checkpoints/step-N of output_dir) or a "
         "directory; none = start afresh."
@@ -98,6 +101,10 @@ class PretrainConfig:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.save_every < 0:
             raise ValueError(f"save_every: expected >= 0, got {self.save_every}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError(
+                f"save_total_limit: expected >= 1 or none, got {self.save_total_limit}"
+            )
         if not 0 < self.eval_share < 1:
             raise ValueError(f"eval_share: expected in (0, 1), got {self.eval_share}")
         if self.micro_batch_tokens is not None and self.micro_batch_tokens % max(self.buckets):
@@ -511,7 +518,7 @@ class BucketPretrainer:
         a temporary directory, renamed once every process has written its shards."""
         acc = self.accelerator
         final = self.out / "checkpoints" / f"step-{self.step}"
-        with atomic_checkpoint(acc, final) as tmp:
+        with atomic_checkpoint(acc, final, self.cfg.save_total_limit) as tmp:
             self.save(tmp / "model")
             acc.save_state(str(tmp / "accelerate"))
             if acc.is_main_process:
@@ -572,7 +579,7 @@ def truncate_lines(path: Path, keep: int) -> None:
 
 
 # fields that may change on resume without changing the rest of the run
-_RESUME_FREE = {"resume_from", "save_every", "output_dir"}
+_RESUME_FREE = {"resume_from", "save_every", "save_total_limit", "output_dir"}
 
 
 def warn_config_changes(saved: dict, cfg: PretrainConfig) -> None:
@@ -592,22 +599,10 @@ def warn_config_changes(saved: dict, cfg: PretrainConfig) -> None:
 
 
 def resume_checkpoint(cfg: PretrainConfig) -> Path | None:
-    """The checkpoint ``cfg.resume_from`` names (``latest`` or a directory), or None for a fresh
-    run; a fresh run into a directory that holds checkpoints is an error (a later
-    ``resume_from: latest`` would mix the two runs)."""
-    if not cfg.resume_from:
-        if checkpoints(cfg.output_dir):
-            raise ValueError(
-                f"output_dir: {cfg.output_dir} already holds checkpoints; pass "
-                "--resume_from latest to continue that run, or use another output_dir"
-            )
-        return None
-    if cfg.resume_from == "latest":
-        return latest_checkpoint(cfg.output_dir)
-    path = Path(cfg.resume_from)
-    if not (path / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"resume_from: {path} is not a pretraining checkpoint directory")
-    return path
+    """The checkpoint ``cfg.resume_from`` names, or None for a fresh run (see
+    :func:`align.checkpoints.checkpoint_to_resume`)."""
+    marker = "trainer_state.json"
+    return checkpoint_to_resume(cfg.output_dir, cfg.resume_from, "pretraining", marker)
 
 
 def make_accelerator(accumulation_steps: int):

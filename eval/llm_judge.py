@@ -19,12 +19,11 @@ import json
 import os
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+from align.http_json import HTTPExhausted, HTTPRejected, request_json
 
 JUDGE_PROMPT_ZH = (
     "请你作为一名公正的评审，比较两位AI助手对同一个用户问题的回答质量。问题所属领域：{category}。\n"
@@ -149,30 +148,24 @@ class LLMJudge:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = ""
-        for attempt in range(self.retries + 1):
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+
+        def count(attempt: int) -> None:
+            self.stats.add("requests")
             if attempt:
                 self.stats.add("http_retries")
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            self.stats.add("requests")
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return self._reply_text(response.read())
-            except urllib.error.HTTPError as err:
-                detail = err.read().decode("utf-8", "replace")[:300]
-                if err.code < 500 and err.code != 429:
-                    raise LLMJudgeError(
-                        f"chat API {self.url} rejected the request: {err.code} {detail}"
-                    ) from None
-                last = f"HTTP {err.code}: {detail}"
-            except (urllib.error.URLError, OSError) as err:
-                last = f"connection failed: {getattr(err, 'reason', err)}"
-        raise LLMJudgeError(f"chat API {self.url} failed after {self.retries + 1} attempts: {last}")
+
+        try:
+            raw = request_json(self.url, body, headers=headers, timeout=self.timeout,
+                               retries=self.retries, backoff=self.backoff, retry_statuses={429},
+                               on_attempt=count)  # fmt: skip
+        except HTTPRejected as err:
+            raise LLMJudgeError(
+                f"chat API {self.url} rejected the request: {err.status} {err.body[:300]}"
+            ) from None
+        except HTTPExhausted as err:
+            raise LLMJudgeError(f"chat API {self.url} {err}") from None
+        return self._reply_text(raw)
 
     def _reply_text(self, raw: bytes) -> str:
         try:

@@ -27,10 +27,9 @@ wrong, other 4xx carry the server's reason.
 from __future__ import annotations
 
 import json
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
+
+from align.http_json import HTTPExhausted, HTTPRejected, request_json
 
 
 class RemoteRewardError(RuntimeError):
@@ -85,36 +84,18 @@ class RemoteRewardModel:
 
     def post(self, body: dict) -> dict:
         """POST one JSON request with retries; the decoded JSON answer."""
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return self._decode(response.read())
-            except urllib.error.HTTPError as err:
-                reason = _reason(err)
-                if err.code < 500:
-                    raise self._client_error(err.code, reason) from None
-                last = f"HTTP {err.code}: {reason}"
-            except TimeoutError:
-                last = f"timed out after {self.timeout} s"
-            except (urllib.error.URLError, OSError) as err:
-                reason = getattr(err, "reason", err)
-                timed_out = isinstance(reason, TimeoutError)
-                last = (
-                    f"timed out after {self.timeout} s"
-                    if timed_out
-                    else f"connection failed: {reason}"
-                )
-        raise RemoteRewardError(
-            f"reward server {self.url} failed after {self.retries + 1} attempts: {last}"
-        )
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        try:
+            raw = request_json(self.url, body, headers=headers, timeout=self.timeout,
+                               retries=self.retries, backoff=self.backoff)  # fmt: skip
+        except HTTPRejected as err:
+            raise self._client_error(err.status, _reason(err.body)) from None
+        except HTTPExhausted as err:
+            last = f"HTTP {err.status}: {_reason(err.body)}" if err.status else err.reason
+            raise RemoteRewardError(
+                f"reward server {self.url} failed after {err.attempts} attempts: {last}"
+            ) from None
+        return self._decode(raw)
 
     def _client_error(self, code: int, reason: str) -> RemoteRewardError:
         if code == 401:
@@ -136,12 +117,9 @@ class RemoteRewardModel:
         return answer
 
 
-def _reason(err: urllib.error.HTTPError) -> str:
-    try:
-        body = err.read().decode("utf-8", "replace")
-    except OSError:
-        return str(err.reason)
+def _reason(body: str) -> str:
+    """The server's ``{"error": ...}`` message, or the body as it came."""
     try:
         return str(json.loads(body).get("error", body))
     except (ValueError, AttributeError):
-        return body[:200] or str(err.reason)
+        return body[:200]

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from align.http_json import HTTPExhausted, HTTPRejected, request_json
 from rollouts.base import RolloutBatch, SamplingParams
 from rollouts.factory import WEIGHT_SYNC
 from rollouts.vllm_engine import (
@@ -251,39 +252,25 @@ class VLLMServerEngine:
         self, method: str, path: str, body: dict | None = None, retry: bool = True
     ) -> dict:
         """JSON request with retries on connection errors and 5xx; 4xx raise at once."""
-        data = None if body is None else json.dumps(body).encode()
-        last: Exception | None = None
-        failed = ""  # the last 5xx answer
-        attempts = self.options.max_retries + 1 if retry else 1
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(self.options.retry_backoff_s * 2 ** (attempt - 1))
-            request = urllib.request.Request(
+        try:
+            raw = request_json(
                 f"{self.url}{path}",
-                data=data,
+                body,
                 method=method,
-                headers={"Content-Type": "application/json"},
+                timeout=self.options.timeout_s,
+                retries=self.options.max_retries if retry else 0,
+                backoff=self.options.retry_backoff_s,
             )
-            try:
-                with urllib.request.urlopen(request, timeout=self.options.timeout_s) as response:
-                    raw = response.read()
-                return json.loads(raw) if raw else {}
-            except urllib.error.HTTPError as err:
-                detail = err.read().decode(errors="replace")[:500]
-                if err.code < 500:
-                    raise ValueError(
-                        f"vLLM server at {self.url}{path}: {err.code} {detail}"
-                    ) from err
-                last, failed = err, f"{err.code} {detail}"
-            except (urllib.error.URLError, OSError) as err:  # refused, reset, timed out
-                last, failed = err, ""
-        if failed:
-            raise RuntimeError(
-                f"vLLM server at {self.url}{path} failed ({attempts} attempts): {failed}"
-            ) from last
-        raise ServerUnavailable(
-            f"vLLM server at {self.url} is unreachable ({path}, {attempts} attempts): {last}"
-        ) from last
+        except HTTPRejected as err:
+            raise ValueError(f"vLLM server at {self.url}{path}: {err}") from None
+        except HTTPExhausted as err:
+            if err.status is not None:
+                raise RuntimeError(f"vLLM server at {self.url}{path} {err}") from None
+            raise ServerUnavailable(
+                f"vLLM server at {self.url} is unreachable ({path}, {err.attempts} attempts): "
+                f"{err.reason}"
+            ) from None
+        return json.loads(raw) if raw else {}
 
     @property
     def model_name(self) -> str:

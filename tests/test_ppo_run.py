@@ -54,11 +54,14 @@ def final_weights(out, step):
 
 def test_resume_continues_exactly(tiny_world, tmp_path):
     straight = tmp_path / "straight"
-    build_trainer(small_config(tiny_world, straight)).train()
+    build_trainer(small_config(tiny_world, straight, save_total_limit=1)).train()
+    assert [p.name for p in (straight / "checkpoints").iterdir()] == ["step-4"]  # step-2 pruned
 
     resumed = tmp_path / "resumed"
     build_trainer(small_config(tiny_world, resumed, total_steps=2)).train()
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["step-2"]
+    with pytest.raises(ValueError, match="already holds checkpoints; pass --resume_from latest"):
+        build_trainer(small_config(tiny_world, resumed))  # a fresh run would mix the two
     trainer = build_trainer(small_config(tiny_world, resumed, resume_from="latest"))
     assert trainer.step == 2
     trainer.train()
