@@ -19,6 +19,7 @@ from align import __version__
 from align.cli_bucket import data_bucket
 from align.cli_eval import eval_app
 from align.cli_filter import filter_command
+from align.cli_launch import ACCELERATE_CONFIG, NUM_PROCESSES, relaunch_if_asked
 from align.cli_pei import pei
 from align.cli_rm import rm_app
 
@@ -113,24 +114,16 @@ def ppo(
         None, help="YAML config file, or 'tiny' for the shipped tiny-world config."
     ),
     show_config: bool = typer.Option(False, help="Print the resolved config and exit."),
-    num_processes: int | None = typer.Option(
-        None, help="Re-launch through `accelerate launch` with this many processes."
-    ),
-    accelerate_config: Path | None = typer.Option(
-        None, help="Re-launch through `accelerate launch --config_file` (DDP, DeepSpeed)."
-    ),
+    num_processes: int | None = NUM_PROCESSES,
+    accelerate_config: Path | None = ACCELERATE_CONFIG,
 ) -> None:
     """PPO with actor, reference, critic and reward functions. Any PPOConfig field can be
     overridden as --field value (e.g. --beta 0.1 --total_steps 20)."""
     from align.ppo_config import PPOConfig
 
     cfg = PPOConfig.from_sources(config, ctx.args)
-    if (num_processes or accelerate_config) and "WORLD_SIZE" not in os.environ:
-        relaunch(
-            ["ppo", *(["--config", config] if config else []), *ctx.args],
-            num_processes,
-            accelerate_config,
-        )
+    args = ["ppo", *(["--config", config] if config else []), *ctx.args]
+    relaunch_if_asked(args, num_processes, accelerate_config)
     if show_config:
         console.print(cfg.to_yaml(), markup=False, highlight=False)
         return
@@ -169,18 +162,6 @@ app.command("filter")(filter_command)
 app.command("pei", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     pei
 )
-
-
-def relaunch(args: list[str], num_processes: int | None, config_file: Path | None) -> None:
-    """Run ``align ARGS`` under ``accelerate launch`` and exit with its status."""
-    import subprocess
-
-    launch = [sys.executable, "-m", "accelerate.commands.launch"]
-    if config_file:
-        launch += ["--config_file", str(config_file)]
-    if num_processes:
-        launch += ["--num_processes", str(num_processes)]
-    raise typer.Exit(subprocess.run([*launch, "-m", "align.cli", *args]).returncode)
 
 
 def progress_bar(enabled: bool = True):

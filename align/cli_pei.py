@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
+
+from align.cli_launch import ACCELERATE_CONFIG, NUM_PROCESSES, relaunch_if_asked
 
 
 def pei(
@@ -16,25 +17,20 @@ def pei(
     rounds: int | None = typer.Option(None, help="Improvement rounds after PPO pre-training."),
     output_dir: str | None = typer.Option(None, help="Run directory (resumed if it has rounds)."),
     show_config: bool = typer.Option(False, help="Print the resolved config and exit."),
-    num_processes: int | None = typer.Option(
-        None, help="Re-launch through `accelerate launch` with this many processes."
-    ),
-    accelerate_config: Path | None = typer.Option(
-        None, help="Re-launch through `accelerate launch --config_file` (DDP, DeepSpeed)."
-    ),
+    num_processes: int | None = NUM_PROCESSES,
+    accelerate_config: Path | None = ACCELERATE_CONFIG,
 ) -> None:
     """PEI-RLHF: PPO pre-training, then rounds of evaluate → attribute → re-mix → improve.
     Any PEIConfig field is a --field value override (e.g. --round_steps 20 --beta0 0.2)."""
-    from align.cli import console, relaunch
+    from align.cli import console
     from align.pei_run import PEIConfig
 
     overrides = list(ctx.args)
     overrides += ["--rounds", str(rounds)] if rounds is not None else []
     overrides += ["--output_dir", output_dir] if output_dir is not None else []
     cfg = PEIConfig.from_sources(config or "tiny", overrides)
-    if (num_processes or accelerate_config) and "WORLD_SIZE" not in os.environ:
-        args = ["pei", "--config", config or "tiny", *overrides]
-        relaunch(args, num_processes, accelerate_config)
+    args = ["pei", "--config", config or "tiny", *overrides]
+    relaunch_if_asked(args, num_processes, accelerate_config)
     if show_config:
         console.print(cfg.to_yaml(), markup=False, highlight=False)
         return

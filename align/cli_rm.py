@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from align.cli_launch import ACCELERATE_CONFIG, NUM_PROCESSES, relaunch_if_asked
+
 rm_app = typer.Typer(help="Reward models: train (UFRM), evaluate, serve.", no_args_is_help=True)
 
 
@@ -17,22 +19,17 @@ def rm_train(
     ctx: typer.Context,
     config: Path | None = typer.Option(None, help="YAML file of UFRMConfig fields."),
     show_config: bool = typer.Option(False, help="Print the resolved config and exit."),
-    num_processes: int | None = typer.Option(
-        None, help="Re-launch through `accelerate launch` with this many processes."
-    ),
-    accelerate_config: Path | None = typer.Option(
-        None, help="Re-launch through `accelerate launch --config_file` (DDP, DeepSpeed)."
-    ),
+    num_processes: int | None = NUM_PROCESSES,
+    accelerate_config: Path | None = ACCELERATE_CONFIG,
 ) -> None:
     """Two-stage UFRM training (BT + inverse-RL + SimCSE). Any UFRMConfig field can be
     overridden as --field value (e.g. --cl_weight 0 --stage2_data fin.jsonl)."""
-    from align.cli import console, progress_bar, relaunch
+    from align.cli import console, progress_bar
     from rm.ufrm import UFRMConfig
 
     cfg = UFRMConfig.from_sources(config, ctx.args)
-    if (num_processes or accelerate_config) and "WORLD_SIZE" not in os.environ:
-        args = ["rm", "train", *(["--config", str(config)] if config else []), *ctx.args]
-        relaunch(args, num_processes, accelerate_config)
+    args = ["rm", "train", *(["--config", str(config)] if config else []), *ctx.args]
+    relaunch_if_asked(args, num_processes, accelerate_config)
     if show_config:
         console.print(cfg.to_yaml(), markup=False, highlight=False)
         return

@@ -18,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align.pretrain_run import PretrainConfig, latest_checkpoint, run
+from align.checkpoints import latest_checkpoint
+from align.pretrain_run import PretrainConfig, run
 
 
 class Crash(RuntimeError):
