@@ -131,7 +131,7 @@ def cpu_workers_env(workers: int) -> dict[str, str]:
 
 def cpu_thread_binding(workers: int) -> str:
     """``VLLM_CPU_OMP_THREADS_BIND`` giving each of ``workers`` CPU workers an equal share of
-    this process's cores ("0-3|4-7"); vLLM's automatic binding wants one NUMA node per worker."""
+    this process's cores (``"0,1|2,3"`` for 2 workers on 4 cores)."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < workers:
         raise ValueError(f"tensor_parallel_size {workers}: only {len(cores)} CPU cores here")
