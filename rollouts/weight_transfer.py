@@ -236,9 +236,9 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         return engine
 
     def send_weights(self) -> None:
-        meta = self.source.metadata()
-        if not self.is_sender:
+        if not self.is_sender:  # nothing to gather here: the trainer's weights are full
             return
+        meta = self.source.metadata()
         info = GlooUpdateInfo(
             names=[m.name for m in meta],
             dtype_names=[str(m.dtype).removeprefix("torch.") for m in meta],

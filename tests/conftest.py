@@ -33,6 +33,14 @@ def world_tokenizer(tiny_world):
 
 
 @pytest.fixture(scope="session")
+def world_policy(tiny_world):
+    """The tiny world's SFT policy as a transformers model (read-only: copy before changing)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_world.policy).eval()
+
+
+@pytest.fixture(scope="session")
 def random_lm():
     """A tiny random LlamaForCausalLM (vocab 300, pad 0, eos 1), seeded."""
     import torch

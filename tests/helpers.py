@@ -21,3 +21,23 @@ def random_reward_model(tokenizer, pad_token_id: int | None = None):
     )
     config.num_labels = 1
     return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def teacher_forced_logprobs(model, prompt, completion, temperature):
+    """Slow oracle: one unpadded forward of prompt+completion, log_softmax(logits / T)."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + completion])).logits[0].float()
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    positions = torch.arange(len(prompt) - 1, len(prompt) + len(completion) - 1)
+    return logprobs[positions, torch.tensor(completion)]
+
+
+def chat_prompt_ids(world, tokenizer, n: int) -> list[list[int]]:
+    """The first ``n`` held-out tiny-world prompts, chat-formatted and tokenized."""
+    from align.data import load_records, messages_of
+
+    rows = load_records(world.data("eval_prompts"), "prompts").to_list()[:n]
+    return [
+        tokenizer.apply_chat_template(messages_of(r), add_generation_prompt=True)["input_ids"]
+        for r in rows
+    ]

@@ -7,17 +7,9 @@ import torch
 
 from rollouts.base import RolloutBatch, RolloutEngine, SamplingParams, left_pad
 from rollouts.hf_generate import GenerateEngine
+from tests.helpers import teacher_forced_logprobs
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [20], [30, 31]]
-
-
-def teacher_forced_logprobs(model, prompt, completion, temperature):
-    """Slow oracle: one unpadded forward of prompt+completion, log_softmax(logits / T)."""
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt + completion])).logits[0].float()
-    logprobs = torch.log_softmax(logits / temperature, dim=-1)
-    positions = torch.arange(len(prompt) - 1, len(prompt) + len(completion) - 1)
-    return logprobs[positions, torch.tensor(completion)]
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])

@@ -16,36 +16,15 @@ pytestmark = pytest.mark.slow  # the shared engine starts in ~18 s
 
 from rollouts.base import RolloutEngine, SamplingParams  # noqa: E402
 from rollouts.hf_generate import GenerateEngine  # noqa: E402
+from tests.helpers import chat_prompt_ids, teacher_forced_logprobs  # noqa: E402
 
 ATOL = 1e-4
-
-
-def teacher_forced_logprobs(model, prompt, completion, temperature):
-    """Slow oracle: one unpadded forward of prompt+completion, log_softmax(logits / T)."""
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt + completion])).logits[0].float()
-    logprobs = torch.log_softmax(logits / temperature, dim=-1)
-    positions = torch.arange(len(prompt) - 1, len(prompt) + len(completion) - 1)
-    return logprobs[positions, torch.tensor(completion)]
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_world):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_world.policy).eval()
 
 
 @pytest.fixture(scope="module")
 def prompts(tiny_world, world_tokenizer):
     """Eight real tiny-world prompts, chat-formatted and tokenized."""
-    from align.data import load_records, messages_of
-
-    rows = load_records(tiny_world.data("eval_prompts"), "prompts").to_list()[:8]
-    return [
-        world_tokenizer.apply_chat_template(messages_of(r), add_generation_prompt=True)["input_ids"]
-        for r in rows
-    ]
+    return chat_prompt_ids(tiny_world, world_tokenizer, 8)
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +38,12 @@ def engine(tiny_world, world_tokenizer):
     engine.close()
 
 
-def test_greedy_tokens_and_logprobs_equal_generate(engine, policy, prompts, world_tokenizer):
+def test_greedy_tokens_and_logprobs_equal_generate(engine, world_policy, prompts, world_tokenizer):
     assert isinstance(engine, RolloutEngine)
     greedy = SamplingParams(max_new_tokens=24, temperature=0)
     ours = engine.generate(prompts, greedy)
-    reference = GenerateEngine.from_tokenizer(policy, world_tokenizer).generate(prompts, greedy)
+    hf = GenerateEngine.from_tokenizer(world_policy, world_tokenizer)
+    reference = hf.generate(prompts, greedy)
     assert ours.completion_ids == reference.completion_ids
     assert ours.finish_reasons == reference.finish_reasons
     assert "stop" in ours.finish_reasons  # the SFT-ed policy answers and stops: EOS is included
@@ -74,7 +54,7 @@ def test_greedy_tokens_and_logprobs_equal_generate(engine, policy, prompts, worl
 
 
 @pytest.mark.parametrize("temperature,top_p,top_k", [(0.7, 0.9, 0), (1.3, 1.0, 20)])
-def test_sampling_logprobs_equal_teacher_forced_forward(engine, policy, prompts, temperature,
+def test_sampling_logprobs_equal_teacher_forced_forward(engine, world_policy, prompts, temperature,
                                                         top_p, top_k):  # fmt: skip
     """Untruncated tempered logprobs even with top-p / top-k on (vLLM alone would renormalise
     over the kept tokens and be off by log(kept mass))."""
@@ -85,7 +65,7 @@ def test_sampling_logprobs_equal_teacher_forced_forward(engine, policy, prompts,
     assert batch.prompt_ids == [p for p in prompts[:4] for _ in range(3)]
     assert len({tuple(c) for c in batch.completion_ids}) > 4  # really sampled, n distinct draws
     for prompt, completion, logprobs in zip(batch.prompt_ids, batch.completion_ids, batch.logprobs):
-        oracle = teacher_forced_logprobs(policy, prompt, completion, temperature)
+        oracle = teacher_forced_logprobs(world_policy, prompt, completion, temperature)
         assert torch.allclose(torch.tensor(logprobs), oracle, atol=ATOL, rtol=0)
 
 
@@ -96,26 +76,36 @@ def test_same_seed_same_samples(engine, prompts):
     assert first.completion_ids == again.completion_ids
 
 
+def ppo_config(world, tmp_path, **overrides):
+    """PPO on the tiny world with the (shared) colocated vLLM engine."""
+    from align.ppo_config import PPOConfig
+
+    return PPOConfig(
+        policy=str(world.policy),
+        critic=str(world.reward),
+        prompts=str(world.data("prompts")),
+        eval_prompts=str(world.data("eval_prompts")),
+        rollout_engine="vllm",
+        output_dir=str(tmp_path / "run"),
+        **overrides,
+    )
+
+
 def test_sync_after_ppo_update_generates_from_updated_weights(
-    engine, policy, tiny_world, prompts, world_tokenizer, tmp_path
+    engine, world_policy, tiny_world, prompts, world_tokenizer, tmp_path
 ):
     """A real PPO step on the engine, then: greedy tokens and logprobs equal the *updated* actor's
     (transformers on the same module) and differ from the pre-update ones."""
-    from align.ppo_config import PPOConfig
     from align.ppo_run import build_trainer
 
-    cfg = PPOConfig(
-        policy=str(tiny_world.policy),
-        critic=str(tiny_world.reward),
-        prompts=str(tiny_world.data("prompts")),
-        eval_prompts=str(tiny_world.data("eval_prompts")),
-        rollout_engine="vllm",
+    cfg = ppo_config(
+        tiny_world,
+        tmp_path,
         rollout_batch_size=8,
         max_new_tokens=16,
         total_steps=1,
         actor_lr=1e-3,  # one visible step
         micro_batch_size=8,
-        output_dir=str(tmp_path / "run"),
     )
     trainer = build_trainer(cfg, engine=engine)
     greedy = SamplingParams(max_new_tokens=16, temperature=0)
@@ -140,22 +130,13 @@ def test_sync_after_ppo_update_generates_from_updated_weights(
                                 before.logprobs)
     ]  # fmt: skip
     assert all(changed)
-    engine.sync_weights(policy)  # back to the policy for the other tests
+    engine.sync_weights(world_policy)  # back to the policy for the other tests
 
 
 def test_sync_every_skips_steps_and_eval_forces_a_sync(engine, tiny_world, tmp_path):
-    from align.ppo_config import PPOConfig
     from align.ppo_run import build_trainer
 
-    cfg = PPOConfig(
-        policy=str(tiny_world.policy),
-        critic=str(tiny_world.reward),
-        prompts=str(tiny_world.data("prompts")),
-        eval_prompts=str(tiny_world.data("eval_prompts")),
-        rollout_engine="vllm",
-        sync_every=3,
-        output_dir=str(tmp_path / "run"),
-    )
+    cfg = ppo_config(tiny_world, tmp_path, sync_every=3)
     trainer = build_trainer(cfg, engine=engine)
     due = []
     for step in range(7):

@@ -13,26 +13,14 @@ pytestmark = pytest.mark.slow  # one server start-up (~20-40 s on 2 busy cores)
 
 from rollouts.base import SamplingParams  # noqa: E402
 from rollouts.hf_generate import GenerateEngine  # noqa: E402
+from tests.helpers import chat_prompt_ids  # noqa: E402
 
 ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def policy(tiny_world):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_world.policy).eval()
-
-
-@pytest.fixture(scope="module")
 def prompts(tiny_world, world_tokenizer):
-    from align.data import load_records, messages_of
-
-    rows = load_records(tiny_world.data("eval_prompts"), "prompts").to_list()[:6]
-    return [
-        world_tokenizer.apply_chat_template(messages_of(r), add_generation_prompt=True)["input_ids"]
-        for r in rows
-    ]
+    return chat_prompt_ids(tiny_world, world_tokenizer, 6)
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +48,12 @@ def assert_same_answers(ours, reference):
 
 
 def test_server_greedy_equals_generate_and_sampling_is_grouped(
-    server, policy, prompts, world_tokenizer
+    server, world_policy, prompts, world_tokenizer
 ):
     assert server.url.startswith("http://127.0.0.1:")
     greedy = SamplingParams(max_new_tokens=20, temperature=0)
-    reference = GenerateEngine.from_tokenizer(policy, world_tokenizer).generate(prompts, greedy)
+    hf = GenerateEngine.from_tokenizer(world_policy, world_tokenizer)
+    reference = hf.generate(prompts, greedy)
     assert_same_answers(server.generate(prompts, greedy), reference)
     sampled = server.generate(prompts[:2], SamplingParams(max_new_tokens=8, seed=1), n=3)
     assert sampled.prompt_ids == [p for p in prompts[:2] for _ in range(3)]
@@ -73,7 +62,7 @@ def test_server_greedy_equals_generate_and_sampling_is_grouped(
 
 
 @pytest.mark.parametrize("weight_sync", ["gloo", "file"])
-def test_server_follows_synced_weights(server, policy, prompts, world_tokenizer, weight_sync):
+def test_server_follows_synced_weights(server, world_policy, prompts, world_tokenizer, weight_sync):
     """Perturbed weights → sync → the server answers like transformers on the new weights,
     through a gloo broadcast (the CPU twin of the NCCL one) and through a weights file; a second
     sync over the same broadcast group works too."""
@@ -87,7 +76,7 @@ def test_server_follows_synced_weights(server, policy, prompts, world_tokenizer,
     )
     greedy = SamplingParams(max_new_tokens=20, temperature=0)
     before = engine.generate(prompts, greedy)
-    updated = copy.deepcopy(policy)
+    updated = copy.deepcopy(world_policy)
     torch.manual_seed(0)
     with torch.no_grad():
         for p in updated.parameters():
@@ -97,9 +86,9 @@ def test_server_follows_synced_weights(server, policy, prompts, world_tokenizer,
     reference = GenerateEngine.from_tokenizer(updated, world_tokenizer).generate(prompts, greedy)
     assert_same_answers(after, reference)
     assert after.completion_ids != before.completion_ids
-    engine.sync_weights(policy)  # back to the policy for the other tests
+    engine.sync_weights(world_policy)  # back to the policy for the other tests
     assert_same_answers(engine.generate(prompts, greedy),
-                        GenerateEngine.from_tokenizer(policy, world_tokenizer).generate(
+                        GenerateEngine.from_tokenizer(world_policy, world_tokenizer).generate(
                             prompts, greedy))  # fmt: skip
     engine.close()  # releases the broadcast group, not the server (another engine started it)
 

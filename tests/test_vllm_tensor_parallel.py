@@ -21,13 +21,6 @@ PROMPTS = [[1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11, 12], [13, 14]]
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0)
 
 
-@pytest.fixture(scope="module")
-def policy(tiny_world):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_world.policy).eval()
-
-
 def perturbed(model: torch.nn.Module) -> torch.nn.Module:
     updated = copy.deepcopy(model)
     torch.manual_seed(0)
@@ -47,7 +40,9 @@ def assert_answers_like(engine, model, tokenizer):
 
 
 @pytest.mark.parametrize("kind", ["vllm", "vllm-server"])
-def test_tensor_parallel_engine_follows_synced_weights(kind, tiny_world, world_tokenizer, policy):
+def test_tensor_parallel_engine_follows_synced_weights(
+    kind, tiny_world, world_tokenizer, world_policy
+):
     from rollouts.factory import make_engine
 
     engine = make_engine(
@@ -59,8 +54,8 @@ def test_tensor_parallel_engine_follows_synced_weights(kind, tiny_world, world_t
         kv_cache_memory_bytes=2**27,
     )
     try:
-        before = assert_answers_like(engine, policy, world_tokenizer)
-        updated = perturbed(policy)
+        before = assert_answers_like(engine, world_policy, world_tokenizer)
+        updated = perturbed(world_policy)
         engine.sync_weights(updated)
         after = assert_answers_like(engine, updated, world_tokenizer)
         assert after.completion_ids != before.completion_ids
