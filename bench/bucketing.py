@@ -19,7 +19,12 @@ import time
 
 import numpy as np
 
-from align.bucketing import BucketConfig, bucket_documents, fixed_length_chunks, plan_metrics
+from align.pretrain.bucketing import (
+    BucketConfig,
+    bucket_documents,
+    fixed_length_chunks,
+    plan_metrics,
+)
 
 PAPER = {  # pad %, trunc %, concat
     "fixed-2048": (0.01, 38.39, 2.05),

@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _prompt_subset(source: Path, count: int, folder: Path) -> Path:
     """The first ``count`` prompts, round-robin over categories so every sub-domain is present."""
-    from align.data import load_records
+    from align.core.data import load_records
 
     by_category: dict[str, list] = {}
     for r in load_records(source, "prompts").to_list():
@@ -40,7 +40,7 @@ def _prompt_subset(source: Path, count: int, folder: Path) -> Path:
 
 
 def _measure(engine_kind: str, batch_size: int, args, prompts: Path, policy: Path, out: Path):
-    from align.filter_run import FilterConfig, build_engine, load_tokenizer, run_filter
+    from align.filter.run import FilterConfig, build_engine, load_tokenizer, run_filter
 
     cfg = FilterConfig(
         prompts=str(prompts),

@@ -46,7 +46,7 @@ def toy_reward(prompts, completions, category, reference, **_) -> list[float]:
 
 
 def write_toy_data(world, root: Path) -> dict[str, str]:
-    from align.data import load_records, write_jsonl
+    from align.core.data import load_records, write_jsonl
 
     def pick(name: str) -> list[dict]:
         rows = load_records(world.data(name), "prompts").to_list()
@@ -72,7 +72,7 @@ def true_reward(model_dir: Path, eval_path: str) -> dict[str, float]:
     """Mean rule reward of greedy answers to the held-out prompts, per sub-domain and overall."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from align.data import load_records
+    from align.core.data import load_records
     from align.tiny.reward import tiny_world_reward
     from eval.generation import generate_answers
     from rollouts.base import SamplingParams
@@ -110,9 +110,9 @@ def ppo_overrides(world, data: dict, seed: int) -> dict:
 
 
 def run_plain(world, data, root: Path, seed: int, steps: int) -> Path:
-    from align.checkpoints import latest_checkpoint
-    from align.ppo_config import PPOConfig
-    from align.ppo_run import run_ppo
+    from align.core.checkpoints import latest_checkpoint
+    from align.ppo.config import PPOConfig
+    from align.ppo.run import run_ppo
 
     values = {**ppo_overrides(world, data, seed), "total_steps": steps, "beta": 0.05}
     cfg = dataclasses.replace(
@@ -123,8 +123,8 @@ def run_plain(world, data, root: Path, seed: int, steps: int) -> Path:
 
 
 def run_pei_arm(world, data, root: Path, seed: int, args) -> tuple[Path, list]:
-    from align.checkpoints import latest_checkpoint
-    from align.pei_run import PEIConfig, run_pei
+    from align.core.checkpoints import latest_checkpoint
+    from align.pei.run import PEIConfig, run_pei
 
     cfg = PEIConfig(
         rounds=args.rounds,

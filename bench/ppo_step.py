@@ -231,8 +231,8 @@ def run_align(args, control: Control) -> dict:
     import transformers
     from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from align.ppo import PPOTrainer, WeightedReward
-    from align.ppo_config import PPOConfig
+    from align.ppo.config import PPOConfig
+    from align.ppo.trainer import PPOTrainer, WeightedReward
     from rollouts.hf_generate import GenerateEngine
 
     root = Path(args.models)

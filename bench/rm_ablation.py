@@ -30,7 +30,7 @@ def load_splits(hh_train: int, hh_eval: int, dev: bool = False) -> dict[str, lis
     0-6 train, 7-9 held out), so a question's three pairs stay on one side. ``dev``: the
     held-out parts are not read; the last 150 HH training pairs and FinanceIQ bucket 6 serve
     as the evaluation set instead (for choosing a set-up without touching held-out data)."""
-    from align.pref_data import financeiq_prefs, load_hh_rlhf
+    from align.core.pref_data import financeiq_prefs, load_hh_rlhf
 
     hh = load_hh_rlhf(DATA / "hh-rlhf/harmless-base-sample.jsonl").records
     fiq = financeiq_prefs(DATA / "financeiq/test-sample").records
@@ -51,7 +51,7 @@ def load_splits(hh_train: int, hh_eval: int, dev: bool = False) -> dict[str, lis
 
 
 def _splits(out: Path, hh_train: int, hh_eval: int, dev: bool = False) -> dict:
-    from align.data import write_jsonl
+    from align.core.data import write_jsonl
 
     paths = {}
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ def bpe_tokenizer(texts: list[str], out: Path, template_from: str, vocab_size: i
 
 
 def _split_texts(paths: dict) -> list[str]:
-    from align.data import load_records, messages_of
+    from align.core.data import load_records, messages_of
 
     texts = []
     for name in ("hh_train", "fiq_train"):
@@ -192,7 +192,7 @@ def _replay_file(a, paths: dict, seed: int) -> Path:
     pairs (the sizing of ``rm.ufrm._mix_replay``), written once per seed."""
     import random
 
-    from align.data import load_records, write_jsonl
+    from align.core.data import load_records, write_jsonl
 
     fin = list(load_records(paths["fiq_train"], "prefs"))
     general = list(load_records(paths["hh_train"], "prefs"))

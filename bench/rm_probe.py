@@ -82,8 +82,8 @@ def coverage(rows: list[dict], tokenizer, chat_format: str, max_lengths: list[in
     """Characters per token, share of tokens that are byte fragments (not a whole character),
     and per ``max_length``: share of conversations truncated and share whose whole answer,
     whole prompt (user turns) survive left truncation."""
-    from align.chat_formats import get_chat_format
-    from align.data import messages_of
+    from align.core.chat_formats import get_chat_format
+    from align.core.data import messages_of
 
     chat = get_chat_format(chat_format)
     lengths, answer_lengths, chars, tokens, fragments = [], [], 0, 0, 0

@@ -79,7 +79,7 @@ def main() -> None:
     a = ap.parse_args()
     from datasets import Dataset
 
-    from align.data import load_records
+    from align.core.data import load_records
     from align.tiny.build import build_tiny_world
     from rm.ufrm import encode_pairs, load_reward_model
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from align.data import messages_of
+from align.core.data import messages_of
 from rollouts.base import RolloutEngine, SamplingParams
 
 

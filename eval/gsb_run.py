@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from align.config_io import help_field as _help
+from align.core.config import help_field as _help
 from eval.gsb import GSBReport, summarize
 from eval.judges import Judge, RewardJudge
 
@@ -111,7 +111,7 @@ def build_judge(cfg: GSBConfig) -> Judge:
 
 def load_prompt_records(cfg: GSBConfig) -> list[dict]:
     """The prompt records, the first ``limit`` of each category."""
-    from align.data import load_records
+    from align.core.data import load_records
 
     records, seen = [], {}
     for row in load_records(cfg.prompts, "prompts"):
@@ -140,7 +140,7 @@ def load_policy(path: str):
 
 def run_gsb(cfg: GSBConfig, on_batch: Callable[[int], None] | None = None) -> Comparison:
     """Generate both policies' answers, judge, and write the report into ``cfg.out``."""
-    from align.data import write_jsonl
+    from align.core.data import write_jsonl
     from eval.generation import generate_answers
     from eval.report import gsb_section, write_report
     from rollouts.base import SamplingParams

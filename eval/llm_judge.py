@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from align.http_json import HTTPExhausted, HTTPRejected, request_json
+from align.core.http import HTTPExhausted, HTTPRejected, request_json
 
 JUDGE_PROMPT_ZH = (
     "请你作为一名公正的评审，比较两位AI助手对同一个用户问题的回答质量。问题所属领域：{category}。\n"

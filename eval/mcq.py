@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from align.data import DataError, check_record, read_table
+from align.core.data import DataError, check_record, read_table
 
 OPTIONS = ("A", "B", "C", "D")
 HEADER = "以下是关于{subject}的单项选择题，请直接给出正确答案的选项。\n\n"
@@ -67,7 +67,7 @@ def category_of(path: Path, split: str) -> str:
 
 
 def read_mcq_csv(path: str | Path, category: str | None = None) -> list[MCQItem]:
-    """Every row of one exam file, validated; a bad row raises :class:`~align.data.DataError`."""
+    """Every row of one exam file, validated; a bad row raises :class:`~align.core.data.DataError`."""
     path = Path(path)
     items = []
     for i, raw in enumerate(read_table(path)):

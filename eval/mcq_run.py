@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from align.config_io import help_field as _help
+from align.core.config import help_field as _help
 from eval.generation import as_engine, encode_prompts, generate_from_ids
 from eval.mcq import (
     OPTIONS,

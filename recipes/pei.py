@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from align.pei_run import PEIConfig, run_pei
+from align.pei.run import PEIConfig, run_pei
 
 
 def main(argv: list[str]) -> None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from align.ppo_config import PPOConfig
-from align.ppo_run import run_ppo
+from align.ppo.config import PPOConfig
+from align.ppo.run import run_ppo
 
 
 def main(argv: list[str]) -> None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from align.pretrain_run import PretrainConfig, run
+from align.pretrain.run import PretrainConfig, run
 
 
 def main(argv: list[str]) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from align.sft_run import SFTRecipeConfig, run
+from align.sft.run import SFTRecipeConfig, run
 
 
 def main(argv: list[str]) -> None:

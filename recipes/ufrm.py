@@ -22,7 +22,7 @@ import sys
 
 from accelerate import PartialState
 
-from align.ufrm_run import run
+from align.ufrm.run import run
 from rm.ufrm import UFRMConfig
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from align.data import load_records
+from align.core.data import load_records
 from rm.ufrm import encode_pairs, load_reward_model, score_encoded
 
 

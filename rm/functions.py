@@ -35,8 +35,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from align.chat_formats import ChatFormat, get_chat_format
-from align.data import messages_of
+from align.core.chat_formats import ChatFormat, get_chat_format
+from align.core.data import messages_of
 from rm.model import last_token_scores
 
 Conversation = list[dict[str, str]]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from align.http_json import HTTPExhausted, HTTPRejected, request_json
+from align.core.http import HTTPExhausted, HTTPRejected, request_json
 
 
 class RemoteRewardError(RuntimeError):

@@ -26,9 +26,9 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import RewardConfig, RewardTrainer
 
-from align.chat_formats import get_chat_format
-from align.config_io import help_field as _help
-from align.data import load_records, messages_of
+from align.core.chat_formats import get_chat_format
+from align.core.config import help_field as _help
+from align.core.data import load_records, messages_of
 from rm.losses import bt_loss, info_nce_loss, irl_loss, token_bt_loss, ufrm_loss
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class UFRMConfig(RewardConfig):
         cls, config: str | Path | None = None, overrides: list[str] = ()
     ) -> UFRMConfig:
         """YAML file (optional) then ``--field value`` overrides; unknown fields are errors."""
-        from align.config_io import values_from_sources
+        from align.core.config import values_from_sources
 
         return cls(**{"output_dir": "runs/ufrm", **values_from_sources(cls, config, overrides)})
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from align.http_json import HTTPExhausted, HTTPRejected, request_json
+from align.core.http import HTTPExhausted, HTTPRejected, request_json
 from rollouts.base import RolloutBatch, SamplingParams
 from rollouts.factory import WEIGHT_SYNC
 from rollouts.vllm_engine import (

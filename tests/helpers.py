@@ -34,7 +34,7 @@ def teacher_forced_logprobs(model, prompt, completion, temperature):
 
 def chat_prompt_ids(world, tokenizer, n: int) -> list[list[int]]:
     """The first ``n`` held-out tiny-world prompts, chat-formatted and tokenized."""
-    from align.data import load_records, messages_of
+    from align.core.data import load_records, messages_of
 
     rows = load_records(world.data("eval_prompts"), "prompts").to_list()[:n]
     return [

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from align.data import messages_of, write_jsonl
+from align.core.data import messages_of, write_jsonl
 from align.tiny.world import CATEGORIES, Item, generate
 
 WORLD_VERSION = 2  # bump when the generator, the models or the training change
@@ -200,7 +200,7 @@ def train_tokenizer(texts: list[str], cfg: TinyWorldConfig):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from align.chat_formats import get_chat_format
+    from align.core.chat_formats import get_chat_format
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -298,7 +298,7 @@ def measure_policy(model, tokenizer, records: list[dict], max_new_tokens: int) -
 
     On format = the answer ends with EOS and takes its sub-domain's shape.
     """
-    from align.chat_formats import get_chat_format
+    from align.core.chat_formats import get_chat_format
     from align.tiny.reward import follows_shape, tiny_world_reward
     from rollouts.base import SamplingParams
     from rollouts.hf_generate import GenerateEngine
@@ -421,7 +421,7 @@ def _build_into(root: Path, cfg: TinyWorldConfig, on_stage: Callable[[str], None
 def _build_steps(root: Path, cfg: TinyWorldConfig, on_stage: Callable[[str], None]) -> None:
     import torch
 
-    from align.chat_formats import get_chat_format
+    from align.core.chat_formats import get_chat_format
 
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)

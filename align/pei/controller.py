@@ -1,0 +1,248 @@
+"""The PEI-RLHF controller (METHODS §4): pure decisions between PPO rounds.
+
+From each sub-domain's PPO gain ``G_d`` (net win rate vs SFT) and reward-model alignment ``A_d``
+(accuracy on labelled pairs): tiers → the attribution table → a step ``s_d ∈ {+2 … −2}`` → new
+mixture weights, the next KL weight β and whether to stop. No I/O, no models: the loop in
+:mod:`align.pei.run` feeds it measurements and records what it decides.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+TIERS = ("good", "medium", "bad")
+
+# (PPO tier, RM tier) → step s_d [S: XuanYuan3's attribution table]. Rows are the PPO outcome.
+ATTRIBUTION: dict[tuple[str, str], int] = {
+    ("good", "good"): 0,
+    ("good", "medium"): +1,
+    ("good", "bad"): 0,
+    ("medium", "good"): +1,
+    ("medium", "medium"): 0,
+    ("medium", "bad"): -1,
+    ("bad", "good"): +2,
+    ("bad", "medium"): -1,
+    ("bad", "bad"): -2,
+}
+ARROWS = {2: "↑↑", 1: "↑", 0: "—", -1: "↓", -2: "↓↓"}
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Every number of the controller; defaults are METHODS §4's."""
+
+    tiering: str = "thresholds"  # or "tertiles" across sub-domains
+    ppo_good: float = 0.25  # G_d ≥ 25 pp → good
+    ppo_medium: float = 0.05  # 5 pp ≤ G_d < 25 pp → medium
+    rm_good: float = 0.70
+    rm_medium: float = 0.60
+    min_samples: int = 30  # fewer eval prompts (or pairs) in a sub-domain → medium
+    eta: float = math.log(1.5)
+    weight_floor: float = 0.25  # × the initial weight
+    beta_decay: float = 0.5
+    beta_min: float = 0.01
+    stop_delta: float = 1e-3  # ‖Δw‖₁ below this = mixture unchanged
+    min_gain: float = 0.01  # overall net win must improve by ≥ 1 pp over the last round
+    early_stop: bool = True  # False: run every round up to the limit
+
+    def __post_init__(self) -> None:
+        if self.tiering not in ("thresholds", "tertiles"):
+            raise ValueError(f"tiering: expected thresholds or tertiles, got {self.tiering!r}")
+        if not self.ppo_medium <= self.ppo_good:
+            raise ValueError("ppo_medium: expected <= ppo_good")
+        if not self.rm_medium <= self.rm_good:
+            raise ValueError("rm_medium: expected <= rm_good")
+        if not 0 < self.weight_floor <= 1:
+            raise ValueError(f"weight_floor: expected in (0, 1], got {self.weight_floor}")
+        if not 0 < self.beta_decay <= 1:
+            raise ValueError(f"beta_decay: expected in (0, 1], got {self.beta_decay}")
+
+
+def tier_by_threshold(value: float, good: float, medium: float) -> str:
+    """``good`` at or above ``good``, ``medium`` at or above ``medium``, else ``bad``."""
+    return "good" if value >= good else "medium" if value >= medium else "bad"
+
+
+def tertile_tiers(values: Mapping[str, float]) -> dict[str, str]:
+    """Rank sub-domains and split them in thirds: the top third good, the bottom third bad.
+
+    With ``k`` sub-domains, ``round(k/3)`` are good and as many bad (ties keep name order), the rest
+    medium; a single sub-domain is medium.
+    """
+    ranked = sorted(values, key=lambda d: (-values[d], d))
+    third = round(len(ranked) / 3)
+    tiers = {}
+    for i, d in enumerate(ranked):
+        tiers[d] = "good" if i < third else "bad" if i >= len(ranked) - third else "medium"
+    return tiers
+
+
+def tiers_for(
+    values: Mapping[str, float],
+    counts: Mapping[str, int],
+    good: float,
+    medium: float,
+    cfg: ControllerConfig,
+) -> dict[str, str]:
+    """Tier every sub-domain; those with fewer than ``min_samples`` measurements are medium."""
+    enough = {d: v for d, v in values.items() if counts.get(d, 0) >= cfg.min_samples}
+    if cfg.tiering == "tertiles":
+        tiers = tertile_tiers(enough)
+    else:
+        tiers = {d: tier_by_threshold(v, good, medium) for d, v in enough.items()}
+    return {d: tiers.get(d, "medium") for d in values}
+
+
+def steps_from_tiers(ppo_tiers: Mapping[str, str], rm_tiers: Mapping[str, str]) -> dict[str, int]:
+    """``s_d`` for every sub-domain from the attribution table."""
+    return {d: ATTRIBUTION[(ppo_tiers[d], rm_tiers[d])] for d in ppo_tiers}
+
+
+def update_weights(
+    weights: Mapping[str, float],
+    steps: Mapping[str, int],
+    initial: Mapping[str, float],
+    cfg: ControllerConfig,
+) -> dict[str, float]:
+    """``w_d ← w_d·exp(η·s_d)``, floored at ``weight_floor × w_d⁰``, renormalised to sum 1.
+
+    ``weights`` and ``initial`` are shares (each sums to 1). The floor is applied before the
+    renormalisation and again after it (a renormalisation can push a floored weight back under
+    its floor); iterating to a fixed point keeps every weight at or above its floor exactly.
+    """
+    init = _normalised(initial)
+    raw = {d: weights[d] * math.exp(cfg.eta * steps.get(d, 0)) for d in weights}
+    floor = {d: cfg.weight_floor * init[d] for d in weights}
+    return _floor_and_normalise(raw, floor)
+
+
+def _floor_and_normalise(raw: Mapping[str, float], floor: Mapping[str, float]) -> dict[str, float]:
+    """The shares ``w`` with ``Σw = 1``, ``w_d ≥ floor_d``, and the free ones proportional to
+    ``raw`` (water-filling: pin the weights under their floor, rescale the rest, repeat)."""
+    pinned: set[str] = set()
+    while True:
+        free_mass = 1.0 - sum(floor[d] for d in pinned)
+        free_raw = sum(v for d, v in raw.items() if d not in pinned)
+        out = {d: floor[d] if d in pinned else raw[d] * free_mass / free_raw for d in raw}
+        under = {d for d in raw if d not in pinned and out[d] < floor[d]}
+        if not under:
+            return out
+        pinned |= under
+
+
+def _normalised(weights: Mapping[str, float]) -> dict[str, float]:
+    total = sum(weights.values())
+    if total <= 0 or any(w < 0 for w in weights.values()):
+        raise ValueError(
+            f"mixture weights: expected non-negative with a positive sum, got {weights}"
+        )
+    return {d: w / total for d, w in weights.items()}
+
+
+def next_beta(beta: float, cfg: ControllerConfig) -> float:
+    """``β_{k+1} = max(β_min, decay·β_k)``."""
+    return max(cfg.beta_min, cfg.beta_decay * beta)
+
+
+@dataclass
+class Decision:
+    """What the controller decided after one round's evaluation (all JSON-serialisable)."""
+
+    round: int
+    gain: dict[str, float]
+    alignment: dict[str, float]
+    ppo_tiers: dict[str, str]
+    rm_tiers: dict[str, str]
+    steps: dict[str, int]
+    weights_before: dict[str, float]
+    weights: dict[str, float]
+    weight_change: float  # ‖Δw‖₁
+    beta_used: float
+    next_beta: float
+    overall_gain: float
+    stop: bool
+    stop_reason: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stop_reason(
+    steps: Mapping[str, int],
+    weight_change: float,
+    overall_gain: float,
+    previous_gain: float | None,
+    round_index: int,
+    max_rounds: int,
+    cfg: ControllerConfig,
+) -> str | None:
+    """Why the loop stops after this round, or ``None`` to go on (METHODS §4 conditions)."""
+    if round_index >= max_rounds:
+        return f"round limit ({max_rounds})"
+    if not cfg.early_stop:
+        return None
+    if all(s == 0 for s in steps.values()) or weight_change < cfg.stop_delta:
+        return "mixture unchanged"
+    if previous_gain is not None and overall_gain - previous_gain < cfg.min_gain:
+        return (
+            f"no gain: overall net win {overall_gain:+.3f} vs {previous_gain:+.3f} last round "
+            f"(needs +{cfg.min_gain:.3f})"
+        )
+    return None
+
+
+@dataclass
+class RoundMeasurements:
+    """One round's evaluation: ``gain`` G_d (net win rate vs SFT) and ``alignment`` A_d (RM
+    accuracy on labelled pairs) per sub-domain, as fractions, with how many eval prompts / pairs
+    each rests on, and the overall net win rate."""
+
+    gain: dict[str, float]
+    gain_counts: dict[str, int]
+    alignment: dict[str, float]
+    alignment_counts: dict[str, int]
+    overall_gain: float
+
+
+def decide(
+    round_index: int,
+    measured: RoundMeasurements,
+    weights: Mapping[str, float],
+    initial: Mapping[str, float],
+    beta: float,
+    previous_gain: float | None,
+    max_rounds: int,
+    cfg: ControllerConfig,
+) -> Decision:
+    """One round's decision. ``round_index`` is the round just evaluated (0 = PPO pre-training),
+    ``max_rounds`` the number of improvement rounds, ``weights``/``initial`` the mixture used this
+    round and in round 0, ``previous_gain`` the last round's overall net win (none in round 0)."""
+    # A sub-domain without measurements has a count of 0, hence a medium tier.
+    gain = {d: measured.gain.get(d, 0.0) for d in weights}
+    alignment = {d: measured.alignment.get(d, 0.0) for d in weights}
+    ppo_tiers = tiers_for(gain, measured.gain_counts, cfg.ppo_good, cfg.ppo_medium, cfg)
+    rm_tiers = tiers_for(alignment, measured.alignment_counts, cfg.rm_good, cfg.rm_medium, cfg)
+    steps = steps_from_tiers(ppo_tiers, rm_tiers)
+    before = _normalised(weights)
+    after = update_weights(before, steps, initial, cfg)
+    change = sum(abs(after[d] - before[d]) for d in before)
+    overall = measured.overall_gain
+    reason = stop_reason(steps, change, overall, previous_gain, round_index, max_rounds, cfg)
+    return Decision(
+        round=round_index,
+        gain=gain,
+        alignment=alignment,
+        ppo_tiers=ppo_tiers,
+        rm_tiers=rm_tiers,
+        steps=steps,
+        weights_before=before,
+        weights=after,
+        weight_change=change,
+        beta_used=beta,
+        next_beta=next_beta(beta, cfg),
+        overall_gain=overall,
+        stop=reason is not None,
+        stop_reason=reason,
+    )

@@ -1,0 +1,175 @@
+"""The PEI report: ``report.md`` with a table per round and three charts (PNG, matplotlib Agg).
+
+- ``gsb_by_round.png`` — good / same / bad shares vs SFT per sub-domain, one panel per round;
+- ``mixture.png`` — each sub-domain's mixture weight before every round and after the last;
+- ``training.png`` — KL and reward score per PPO step across rounds (dashed lines: round starts).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from align.pei.controller import ARROWS, Decision
+from eval.charts import _font_rc, chart_labels, save_png
+
+COLORS = {"good": "#2e7d32", "same": "#9e9e9e", "bad": "#c62828"}
+
+
+def write_pei_report(out: Path, decisions: list[Decision]) -> Path:
+    """Rewrite ``out/report.md`` and its charts from the rounds decided so far."""
+    gsb = [_gsb_rows(out, d.round) for d in decisions]
+    _gsb_chart(gsb, decisions, out / "gsb_by_round.png")
+    _mixture_chart(decisions, out / "mixture.png")
+    _training_chart(out, decisions, out / "training.png")
+    path = out / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text(_markdown(decisions, gsb), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _gsb_rows(out: Path, k: int) -> dict[str, dict]:
+    evaluation = json.loads((out / f"round-{k}" / "evaluation.json").read_text(encoding="utf-8"))
+    return {**evaluation["gsb"]["per_category"], "overall": evaluation["gsb"]["overall"]}
+
+
+def _markdown(decisions: list[Decision], gsb: list[dict[str, dict]]) -> str:
+    last = decisions[-1]
+    lines = [
+        "# PEI-RLHF run",
+        "",
+        f"{len(decisions)} round(s): PPO pre-training (round 0) then improvement rounds. Each "
+        "round's policy is compared with the SFT policy on held-out prompts (G = net win rate, "
+        "(good − bad)/judged) and the reward model's alignment A on labelled pairs decides the "
+        "next mixture (↑ more data, ↓ less) and a smaller KL weight β.",
+        "",
+        f"**Stopped after round {last.round}**: {last.stop_reason}."
+        if last.stop
+        else f"Running: next round uses β = {last.next_beta:g}.",
+        "",
+        "![GSB per sub-domain per round](gsb_by_round.png)",
+        "![Mixture weights](mixture.png)",
+        "![KL and reward during PPO](training.png)",
+        "",
+        *_label_key(list(last.steps)),
+    ]
+    for d, rows in zip(decisions, gsb):
+        lines += _round_table(d, rows)
+    return "\n".join(lines) + "\n"
+
+
+def _label_key(categories: list[str]) -> list[str]:
+    _, aliases = chart_labels(categories)
+    if not aliases:
+        return []
+    return ["Chart labels: " + ", ".join(f"{a} = {c}" for a, c in aliases.items()), ""]
+
+
+def _round_table(d: Decision, rows: dict[str, dict]) -> list[str]:
+    overall = rows["overall"]
+    lines = [
+        f"## Round {d.round} (β = {d.beta_used:g})",
+        "",
+        f"Overall vs SFT: good {overall['good']} / same {overall['same']} / bad {overall['bad']}, "
+        f"net win {d.overall_gain:+.1%}.",
+        "",
+        "| sub-domain | good/same/bad | G (net win) | PPO tier | A (RM) | RM tier | step | "
+        "weight | next weight |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in d.steps:
+        r = rows.get(c, {"good": 0, "same": 0, "bad": 0})
+        lines.append(
+            f"| {c} | {r['good']}/{r['same']}/{r['bad']} | {d.gain[c]:+.1%} | {d.ppo_tiers[c]} "
+            f"| {d.alignment[c]:.1%} | {d.rm_tiers[c]} | {ARROWS[d.steps[c]]} "
+            f"| {d.weights_before[c]:.3f} | {d.weights[c]:.3f} |"
+        )
+    stop = f" Stop: {d.stop_reason}." if d.stop else ""
+    lines += ["", f"‖Δw‖₁ = {d.weight_change:.4f}; next β = {d.next_beta:g}.{stop}", ""]
+    return lines
+
+
+def _gsb_chart(gsb: list[dict[str, dict]], decisions: list[Decision], path: Path) -> None:
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    categories = list(decisions[0].steps)
+    labels, _ = chart_labels(categories)
+    with rc_context(_font_rc()):
+        fig = Figure(figsize=(4.2 * len(gsb), 0.45 * len(categories) + 1.8), dpi=110)
+        axes = fig.subplots(1, len(gsb), squeeze=False)[0]
+        for ax, rows, d in zip(axes, gsb, decisions):
+            left = [0.0] * len(categories)
+            for verdict in ("good", "same", "bad"):
+                shares = [_share(rows.get(c), verdict) for c in categories]
+                ax.barh(labels, shares, left=left, color=COLORS[verdict], label=verdict)
+                left = [a + b for a, b in zip(left, shares)]
+            ax.set_xlim(0, 1)
+            ax.set_title(f"round {d.round}")
+            ax.invert_yaxis()
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8)
+        fig.suptitle("policy vs SFT: good / same / bad per sub-domain")
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        save_png(fig, path)
+
+
+def _share(row: dict | None, verdict: str) -> float:
+    if not row:
+        return 0.0
+    n = row["good"] + row["same"] + row["bad"]
+    return row[verdict] / n if n else 0.0
+
+
+def _mixture_chart(decisions: list[Decision], path: Path) -> None:
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    rounds = [d.round for d in decisions] + [decisions[-1].round + 1]
+    categories = list(decisions[0].steps)
+    labels, _ = chart_labels(categories)
+    with rc_context(_font_rc()):
+        fig = Figure(figsize=(6, 3.6), dpi=110)
+        ax = fig.subplots()
+        for c, label in zip(categories, labels):
+            ws = [d.weights_before[c] for d in decisions] + [decisions[-1].weights[c]]
+            ax.plot(rounds, ws, marker="o", label=label)
+        ax.set_xlabel("round (last point: the mixture chosen for the next round)")
+        ax.set_ylabel("mixture weight")
+        ax.set_xticks(rounds)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        save_png(fig, path)
+
+
+def _training_chart(out: Path, decisions: list[Decision], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.4), dpi=110)
+    kl_ax, score_ax = fig.subplots(1, 2)
+    offset = 0
+    for d in decisions:
+        steps, kl, score = _curves(out / f"round-{d.round}" / "ppo" / "metrics.jsonl")
+        x = [offset + s for s in steps]
+        kl_ax.plot(x, kl, color="C0")
+        score_ax.plot(x, score, color="C1")
+        for ax in (kl_ax, score_ax):
+            ax.axvline(offset, color="grey", linestyle="--", linewidth=0.8)
+        offset += max(steps, default=0)
+    kl_ax.set(title="KL(policy ‖ reference) per sample", xlabel="PPO step (all rounds)")
+    score_ax.set(title="reward score", xlabel="PPO step (all rounds)")
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def _curves(metrics: Path) -> tuple[list[int], list[float], list[float]]:
+    steps, kl, score = [], [], []
+    if metrics.is_file():
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            m = json.loads(line)
+            if "objective/kl" in m:
+                steps.append(m["step"])
+                kl.append(m["objective/kl"])
+                score.append(m["objective/scores"])
+    return steps, kl, score

@@ -1,0 +1,544 @@
+"""``align pei``: the PEI-RLHF loop (METHODS §4) — PPO pre-training, then rounds of evaluate →
+attribute → re-mix → improve, with its state on disk so a rerun resumes.
+
+Run directory::
+
+    config.yaml              the PEIConfig of the run
+    sft_answers.jsonl        the SFT policy's answers to the eval prompts (generated once)
+    rm/                      the tiny world's reward model (only with ``reward_model: tiny``)
+    round-K/ppo/             PPO run of round K (metrics.jsonl, checkpoints/step-N/{actor,critic})
+    round-K/answers.jsonl    the round's policy answers, with the judge's verdicts
+    round-K/evaluation.json  GSB per sub-domain, RM alignment per sub-domain
+    round-K/decision.json    tiers, steps, weights, β — written last: a round is complete with it
+    report.md, *.png         the report (rewritten after every round)
+
+A rerun on the same directory skips every round with a ``decision.json``; a round that crashed
+is redone, its PPO part resuming from that round's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from align.core.checkpoints import latest_checkpoint
+from align.core.config import coerce_numbers, values_from_sources
+from align.core.config import help_field as _help
+from align.core.data import write_jsonl
+from align.pei.controller import ControllerConfig, Decision, RoundMeasurements, decide
+from align.ppo.config import TINY_REWARD, PPOConfig
+
+
+@dataclass
+class PEIConfig:
+    """Every knob of ``align pei``; controller numbers default to METHODS §4."""
+
+    rounds: int = _help("Improvement rounds after PPO pre-training (round 0).", 2)
+    ppo_config: str = _help("PPO config of every round (YAML path or a shipped name).", "tiny")
+    ppo: dict = _help("PPOConfig fields overriding ppo_config in every round.", factory=dict)
+    pretrain_steps: int | None = _help("PPO steps of round 0; none = the PPO config's.", None)
+    round_steps: int | None = _help("PPO steps of each improvement round; none = the PPO's.", None)
+    beta0: float = _help("KL weight of the pre-training round [P: 2 × 0.05].", 0.1)
+    reference: str = _help("Reference model of improvement rounds: sft or previous.", "sft")
+    reward_model: str | None = _help(
+        "A reward-model directory used as PPO's reward and critic initialisation (and measured "
+        "for RM alignment); 'tiny' trains a UFRM on the tiny world's preferences into "
+        "<output_dir>/rm once; none = the PPO config's rewards.",
+        None,
+    )
+    judge: list[dict] = _help(
+        "Reward sources the GSB judge scores both answers with (same spellings as PPO's "
+        "rewards); the tiny world's rule by default.",
+        factory=lambda: [{"type": "python", "fn": TINY_REWARD}],
+    )
+    judge_margin: float = _help("Score differences within this margin are 'same'.", 0.05)
+    llm_judge: dict | None = _help(
+        "Judge with a chat model instead: {base_url, model, api_key_env} (eval.llm_judge).", None
+    )
+    rm_pairs: str | None = _help(
+        "Labelled preference pairs with categories for RM alignment; none = the tiny world's.",
+        None,
+    )
+    refilter: dict | None = _help(
+        "Re-filter prompts before every improvement round with the current actor (FilterConfig "
+        "fields: n, std_quantile, mean_quantiles, keep, ...; see `align filter --help`); "
+        "none = the same prompts every round.",
+        None,
+    )
+    refilter_categories: list[str] | None = _help(
+        "Sub-domains re-filtered (the financial ones); the others keep every prompt; none = all.",
+        None,
+    )
+    eval_prompts: str | None = _help("Held-out prompts; none = the PPO config's.", None)
+    eval_max_prompts: int = _help("Held-out prompts evaluated per round (first N).", 300)
+    eval_batch_size: int = _help("Prompts per generation call in evaluation.", 64)
+    controller: dict = _help(
+        "ControllerConfig fields (tiering, ppo_good, rm_good, eta, weight_floor, beta_decay, "
+        "beta_min, min_gain, early_stop, ...); see align/pei/controller.py.",
+        factory=dict,
+    )
+    output_dir: str = _help("Run directory (resumed when it holds completed rounds).", "runs/pei")
+    seed: int = _help("Seed of every round (round K uses seed + K).", 0)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ValueError(f"rounds: expected >= 0, got {self.rounds}")
+        if self.reference not in ("sft", "previous"):
+            raise ValueError(f"reference: expected sft or previous, got {self.reference!r}")
+        if self.beta0 < 0:
+            raise ValueError(f"beta0: expected >= 0, got {self.beta0}")
+        self.controller_config()  # validates the mapping early
+
+    def controller_config(self) -> ControllerConfig:
+        known = {f.name for f in dataclasses.fields(ControllerConfig)}
+        unknown = sorted(set(self.controller) - known)
+        if unknown:
+            raise ValueError(f"controller: unknown fields {unknown}; known: {sorted(known)}")
+        return ControllerConfig(**coerce_numbers(ControllerConfig, self.controller))
+
+    @classmethod
+    def from_sources(cls, config: str | Path | None = None, overrides: list[str] = ()) -> PEIConfig:
+        """YAML file (optional) then ``--field value`` overrides; unknown fields are errors."""
+        path = resolve_pei_config(config) if config is not None else None
+        hint = "; see `align pei --show-config`"
+        return cls(**values_from_sources(cls, path, overrides, hint=hint))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), allow_unicode=True, sort_keys=False)
+
+
+def resolve_pei_config(config: str | Path) -> Path:
+    """A YAML path, or the name of a shipped config (``tiny`` → align/configs/pei_tiny.yaml)."""
+    shipped = Path(__file__).parent / "configs" / f"pei_{config}.yaml"
+    if Path(config).is_file():
+        return Path(config)
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"{config}: no such PEI config file (shipped: tiny)")
+
+
+# ------------------------------------------------------------------------ the loop
+
+
+@dataclass
+class Setup:
+    """What every round shares: the base PPO config, the SFT policy, the data, the judge."""
+
+    cfg: PEIConfig
+    base: PPOConfig
+    out: Path
+    sft: Path
+    eval_rows: list[dict]
+    pairs: list[dict]
+    initial: dict[str, float]
+    prompts: list[dict]
+
+
+@dataclass
+class Progress:
+    """Callbacks for a front end: ``message(text)`` between phases and ``ppo_step(round,
+    step, total_steps, metrics)`` after every PPO step."""
+
+    message: Callable[[str], None] = lambda text: None
+    ppo_step: Callable[[int, int, int, dict], None] = lambda k, step, total, metrics: None
+
+
+def run_pei(cfg: PEIConfig, progress: Progress | None = None) -> list[Decision]:
+    """Run (or resume) the loop; returns every round's decision, the last one stopping."""
+    progress = progress or Progress()
+    setup = prepare(cfg, progress.message)
+    decisions = completed_decisions(setup.out)
+    if decisions:
+        progress.message(f"resuming after round {decisions[-1].round}")
+    while not _finished(decisions, cfg.rounds):
+        k = len(decisions)
+        decisions.append(run_round(setup, k, decisions, progress))
+        if _is_main_process():
+            write_report(setup, decisions)
+    return decisions
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _finished(decisions: list[Decision], rounds: int) -> bool:
+    """Stopped by the controller, or past the round limit (a rerun may raise the limit)."""
+    if not decisions:
+        return False
+    last = decisions[-1]
+    if last.round >= rounds:
+        return True
+    return last.stop and not (last.stop_reason or "").startswith("round limit")
+
+
+def completed_decisions(out: Path) -> list[Decision]:
+    """The decisions of rounds 0, 1, … that finished (stops at the first missing one)."""
+    found = []
+    while (path := out / f"round-{len(found)}" / "decision.json").is_file():
+        found.append(Decision(**json.loads(path.read_text(encoding="utf-8"))))
+    return found
+
+
+def prepare(cfg: PEIConfig, progress: Callable[[str], None]) -> Setup:
+    from align.core.data import load_records
+    from align.ppo.run import _resolve_paths
+
+    out = Path(cfg.output_dir)
+    if _is_main_process():
+        _write_atomic(out / "config.yaml", cfg.to_yaml())
+    base = PPOConfig.from_sources(cfg.ppo_config, _as_overrides(cfg.ppo))
+    if base.lora_r:
+        raise ValueError(
+            "lora_r: PEI carries full actor and critic checkpoints from round to round; LoRA "
+            "runs (lora_r > 0) are not supported by align pei yet"
+        )
+    if cfg.eval_prompts:
+        base.eval_prompts = cfg.eval_prompts
+    paths = _resolve_paths(base)
+    if cfg.reward_model:
+        rm = _tiny_reward_model(out, cfg.seed, progress) if cfg.reward_model == "tiny" else None
+        rm = str(rm or cfg.reward_model)
+        normalize = Path(rm, "score_stats.json").is_file()  # written by align rm train
+        base.rewards = [{"type": "model", "path": rm, "normalize": normalize, "name": "rm"}]
+        base.critic = base.critic or rm
+    prompts = load_records(paths["prompts"], "prompts").to_list()
+    eval_rows = per_category_head(
+        load_records(paths["eval_prompts"], "prompts").to_list(), cfg.eval_max_prompts
+    )
+    pairs = load_records(_pairs_path(cfg), "prefs").to_list()
+    initial = _initial(base, prompts)
+    return Setup(cfg, base, out, paths["policy"], eval_rows, pairs, initial, prompts)
+
+
+def per_category_head(rows: list[dict], limit: int) -> list[dict]:
+    """At most ``limit`` rows, taken round-robin over categories (each keeps its file order), so
+    every sub-domain is evaluated even when the file is sorted by category."""
+    queues: dict[str, list[dict]] = {}
+    for r in rows:
+        queues.setdefault(r["category"], []).append(r)
+    picked: list[dict] = []
+    for i in range(max(map(len, queues.values()), default=0)):
+        picked += [q[i] for q in queues.values() if i < len(q)]
+    return picked[:limit]
+
+
+def _as_overrides(values: dict) -> list[str]:
+    """A mapping of PPOConfig fields as ``--field value`` overrides (values as YAML)."""
+    args = []
+    for key, value in values.items():
+        args += [f"--{key}", yaml.safe_dump(value, allow_unicode=True, default_flow_style=True)]
+    return args
+
+
+def _pairs_path(cfg: PEIConfig) -> Path:
+    if cfg.rm_pairs:
+        return Path(cfg.rm_pairs)
+    from align.tiny.build import build_tiny_world
+
+    world, _ = build_tiny_world()
+    return world.data("eval_prefs")
+
+
+def _initial(base: PPOConfig, prompts: list[dict]) -> dict[str, float]:
+    """Round 0's mixture shares: the PPO config's category weights, or equal."""
+    categories = sorted({r["category"] for r in prompts})
+    weights = base.category_weights or {c: 1.0 for c in categories}
+    total = sum(weights.get(c, 0.0) for c in categories)
+    return {c: weights.get(c, 0.0) / total for c in categories}
+
+
+def _tiny_reward_model(out: Path, seed: int, progress: Callable[[str], None]) -> Path:
+    """Train (once) a UFRM on the tiny world's preferences; returns its directory."""
+    from align.ufrm.run import run as run_ufrm
+    from rm.ufrm import UFRMConfig
+
+    final = out / "rm" / "model"
+    if (final / "score_stats.json").is_file():
+        return final
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "reward_model: tiny trains the reward model in a single process; run `align pei` "
+            "once without a multi-process launch (or pass a reward-model directory)"
+        )
+    progress("training the tiny world's reward model (UFRM, once)")
+    work = out / "rm" / ".train"
+    shutil.rmtree(work, ignore_errors=True)
+    summary = run_ufrm(
+        UFRMConfig(
+            output_dir=str(work),
+            num_train_epochs=1,
+            per_device_train_batch_size=8,
+            learning_rate=1e-4,
+            max_length=192,
+            report_to="none",
+            gradient_checkpointing=False,
+            seed=seed,
+        )
+    )
+    os.replace(summary["final"], final)  # the model appears whole or not at all
+    shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def run_round(setup: Setup, k: int, decisions: list[Decision], progress: Progress) -> Decision:
+    """PPO (resuming inside the round if it crashed), evaluation, decision — for round ``k``.
+    Every process trains; the main process evaluates and decides, the others read its decision."""
+    from accelerate import PartialState
+
+    from align.ppo.run import run_ppo
+
+    previous = decisions[-1] if decisions else None
+    ppo_cfg = round_ppo_config(setup, k, previous)
+    if setup.cfg.refilter and previous is not None:
+        state = PartialState()
+        if state.is_main_process:
+            progress.message(f"round {k}: re-filtering prompts with the round {k - 1} actor")
+            refilter_prompts(setup, k, Path(ppo_cfg.policy), Path(ppo_cfg.prompts))
+        state.wait_for_everyone()
+    total = ppo_cfg.total_steps
+    progress.message(f"round {k}: PPO, {total} steps, β = {ppo_cfg.beta:g}")
+    run_ppo(ppo_cfg, lambda step, metrics: progress.ppo_step(k, step, total, metrics))
+    path = setup.out / f"round-{k}" / "decision.json"
+    state = PartialState()
+    if state.is_main_process:
+        decision = _evaluate_and_decide(setup, k, ppo_cfg, previous, progress)
+        _write_json(path, decision.to_dict())
+        progress.message(_summary_line(decision))
+    state.wait_for_everyone()
+    return Decision(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def _evaluate_and_decide(
+    setup: Setup, k: int, ppo_cfg: PPOConfig, previous: Decision | None, progress: Progress
+) -> Decision:
+    actor = latest_checkpoint(ppo_cfg.output_dir) / "actor"
+    progress.message(f"round {k}: evaluating against the SFT policy")
+    measured = evaluate_round(setup, actor, setup.out / f"round-{k}")
+    return decide(
+        k,
+        measured,
+        ppo_cfg.category_weights,
+        setup.initial,
+        ppo_cfg.beta,
+        previous.overall_gain if previous else None,
+        setup.cfg.rounds,
+        setup.cfg.controller_config(),
+    )
+
+
+def round_ppo_config(setup: Setup, k: int, previous: Decision | None) -> PPOConfig:
+    """Round 0 starts from SFT with β₀ and the initial mixture; round k continues the actor and
+    critic of round k−1 with the β and mixture the controller chose."""
+    cfg, base = setup.cfg, setup.base
+    out = setup.out / f"round-{k}" / "ppo"
+    changes: dict = {
+        "output_dir": str(out),
+        "seed": cfg.seed + k,
+        "resume_from": "latest" if any(out.glob("checkpoints/step-*")) else None,
+    }
+    if previous is None:
+        changes.update(
+            policy=str(setup.sft),
+            reference=None,
+            beta=cfg.beta0,
+            category_weights=setup.initial,
+            total_steps=cfg.pretrain_steps or base.total_steps,
+        )
+    else:
+        last = latest_checkpoint(setup.out / f"round-{k - 1}" / "ppo")
+        changes.update(
+            policy=str(last / "actor"),
+            critic=str(last / "critic"),
+            critic_from_policy=False,
+            reference=str(setup.sft if cfg.reference == "sft" else last / "actor"),
+            beta=previous.next_beta,
+            category_weights=previous.weights,
+            total_steps=cfg.round_steps or base.total_steps,
+        )
+        if cfg.refilter:
+            changes["prompts"] = str(setup.out / f"round-{k}" / "prompts.jsonl")
+    return dataclasses.replace(base, **changes)
+
+
+def refilter_prompts(setup: Setup, k: int, actor: Path, out: Path) -> None:
+    """Write the round's prompt set: the re-filtered sub-domains' kept prompts (confidence-interval
+    filter, METHODS §3, sampled by ``actor`` and scored by PPO's reward) plus every prompt of the
+    other sub-domains. Kept when it already exists (a resumed round trains on the same set)."""
+    from align.filter.run import FilterConfig, run_filter
+
+    if out.is_file():
+        return
+    cfg = setup.cfg
+    chosen = set(cfg.refilter_categories or {r["category"] for r in setup.prompts})
+    pool = [r for r in setup.prompts if r["category"] in chosen]
+    work = out.parent / "filter"
+    write_jsonl(pool, work / "pool.jsonl")
+    result = run_filter(
+        FilterConfig(
+            **{
+                "seed": cfg.seed + k,
+                **cfg.refilter,
+                "prompts": str(work / "pool.jsonl"),
+                "policy": str(actor),
+                "rewards": setup.base.rewards,
+                "chat_format": setup.base.chat_format,
+                "out": str(work / "kept.jsonl"),
+            }
+        )
+    )
+    stats = ("score_mean", "score_std")
+    kept = [{key: v for key, v in r.items() if key not in stats} for r in result.kept]
+    write_jsonl([r for r in setup.prompts if r["category"] not in chosen] + kept, out)
+
+
+def evaluate_round(setup: Setup, actor: Path, rdir: Path) -> RoundMeasurements:
+    """GSB of ``actor`` vs SFT per sub-domain (G_d) and the RM's alignment per sub-domain (A_d);
+    writes ``answers.jsonl`` and ``evaluation.json`` into ``rdir``."""
+    from eval.gsb import summarize
+    from rm.functions import reward_inputs
+
+    rows = setup.eval_rows
+    sft_answers = _sft_answers(setup)
+    answers = _answers(actor, setup)
+    categories = [r["category"] for r in rows]
+    prompts, columns = reward_inputs(rows)
+    verdicts = _judge(setup.cfg).judge(prompts, answers, sft_answers, categories, **columns)
+    gsb = summarize(verdicts, categories, seed=setup.cfg.seed)
+    alignment = rm_alignment(setup)
+    write_jsonl(
+        [
+            {"id": r.get("id"), "category": c, "answer": a, "sft_answer": b, "verdict": v}
+            for r, c, a, b, v in zip(rows, categories, answers, sft_answers, verdicts)
+        ],
+        rdir / "answers.jsonl",
+    )
+    _write_json(rdir / "evaluation.json", {"gsb": gsb.to_dict(), "rm_alignment": alignment})
+    per_category = {row.category: row for row in gsb.rows}
+    return RoundMeasurements(
+        gain={c: row.net_win_rate for c, row in per_category.items()},
+        gain_counts={c: row.n for c, row in per_category.items()},
+        alignment={c: v["accuracy"] for c, v in alignment.items()},
+        alignment_counts={c: v["n"] for c, v in alignment.items()},
+        overall_gain=gsb.overall.net_win_rate,
+    )
+
+
+def rm_alignment(setup: Setup) -> dict[str, dict]:
+    """Accuracy (r_chosen > r_rejected) of PPO's reward on the labelled pairs, per category.
+    The reward does not change between rounds, so it is measured once (``rm_alignment.json``)."""
+    from collections import defaultdict
+
+    from eval.judges import RewardJudge
+    from rm.functions import reward_inputs, rewards_from_config
+
+    path = setup.out / "rm_alignment.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    pairs = setup.pairs
+    prompts, columns = reward_inputs(pairs)
+    del columns["chosen"], columns["rejected"]
+    r_c, r_r, valid = RewardJudge(rewards_from_config(setup.base.rewards)).scores(
+        prompts,
+        [p["chosen"] for p in pairs],
+        [p["rejected"] for p in pairs],
+        [p["category"] for p in pairs],
+        **columns,
+    )
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for p, c, r, ok in zip(pairs, r_c.tolist(), r_r.tolist(), valid.tolist()):
+        if ok:
+            hits[p["category"]].append(c > r)
+    result = {c: {"n": len(h), "accuracy": sum(h) / len(h)} for c, h in sorted(hits.items())}
+    _write_json(path, result)
+    return result
+
+
+def _judge(cfg: PEIConfig):
+    if cfg.llm_judge:
+        from eval.llm_judge import LLMJudge
+
+        return LLMJudge(**cfg.llm_judge)
+    from eval.judges import RewardJudge
+
+    return RewardJudge.from_config(cfg.judge, margin=cfg.judge_margin)
+
+
+def _answers(model_dir: Path, setup: Setup) -> list[str]:
+    """Greedy answers of the policy in ``model_dir`` to the eval prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eval.generation import generate_answers
+    from rollouts.base import SamplingParams
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+    sampling = SamplingParams(max_new_tokens=setup.base.max_new_tokens, temperature=0.0)
+    return generate_answers(
+        model,
+        tokenizer,
+        setup.eval_rows,
+        sampling,
+        batch_size=setup.cfg.eval_batch_size,
+        max_prompt_tokens=setup.base.max_prompt_length,
+    )
+
+
+def _sft_answers(setup: Setup) -> list[str]:
+    """The SFT policy's answers: generated once per run directory (and again if the eval prompts
+    or the generation settings change)."""
+    path = setup.out / "sft_answers.jsonl"
+    keys = [_prompt_key(r, setup) for r in setup.eval_rows]
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        if [r.get("key") for r in rows] == keys:
+            return [r["answer"] for r in rows]
+    answers = _answers(setup.sft, setup)
+    write_jsonl([{"key": k, "answer": a} for k, a in zip(keys, answers)], path)
+    return answers
+
+
+def _prompt_key(row: dict, setup: Setup) -> str:
+    import hashlib
+
+    from align.core.data import messages_of
+
+    what = [messages_of(row), setup.base.max_new_tokens, setup.base.max_prompt_length]
+    return hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _summary_line(d: Decision) -> str:
+    from align.pei.controller import ARROWS
+
+    moves = ", ".join(f"{c} {ARROWS[s]}" for c, s in d.steps.items() if s)
+    stop = f"; stop: {d.stop_reason}" if d.stop else ""
+    return (
+        f"round {d.round}: net win vs SFT {d.overall_gain:+.1%}; "
+        f"{moves or 'no changes'}; next β {d.next_beta:g}{stop}"
+    )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, value) -> None:
+    _write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_report(setup: Setup, decisions: list[Decision]) -> Path:
+    from align.pei.report import write_pei_report
+
+    return write_pei_report(setup.out, decisions)

@@ -1,0 +1,693 @@
+"""PPO with four models: actor, reference, critic and reward functions (METHODS §1).
+
+One PPO step:
+
+1. draw ``rollout_batch_size`` prompts (category mixture weights), generate ``samples_per_prompt``
+   completions each through the :class:`~rollouts.base.RolloutEngine`;
+2. without gradients: actor logprobs (old), reference logprobs, critic values, reward scores;
+3. per-token rewards ``-β·KL_t`` plus the score at the last token; GAE; whitening;
+4. ``ppo_epochs`` × ``num_minibatches`` optimizer steps of actor and critic (one AdamW, their
+   learning rates as two parameter groups), each over micro-batches with the loss normalised by
+   the minibatch's token count.
+
+The math lives in :mod:`align.core.core_algos`; this module orchestrates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from align.core import core_algos as ca
+from align.core.chat_formats import get_chat_format
+from align.core.checkpoints import atomic_checkpoint
+from align.core.data import messages_of
+from align.core.mixture import MixtureSampler
+from align.ppo.config import PPOConfig
+from rm.functions import WeightedReward, combine_rewards, reward_inputs, score_rewards
+from rm.model import token_scores
+from rollouts.base import RolloutBatch, RolloutEngine, SamplingParams, left_pad, right_pad
+
+
+@dataclass
+class Experience:
+    """One rollout batch, N = prompts × samples, P = prompt width, T = completion width.
+
+    ``input_ids``/``attention_mask``/``position_ids`` are ``[N, P+T]`` (prompt left-padded,
+    completion right-padded); the other tensors are ``[N, T]`` over completion tokens, except
+    ``scores`` ``[N]``.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.input_ids[:, -self.mask.shape[1] :]
+
+    def select(self, index: torch.Tensor) -> Experience:
+        return Experience(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                for f in fields(self)
+            }
+        )
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameters."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def build_sequences(
+    prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids [N, P+T], attention_mask, position_ids, completion_mask [N, T])``.
+
+    Positions count attended tokens only, so a left-padded prompt sees the same positions as an
+    unpadded one.
+    """
+    p_ids, p_mask = left_pad(prompt_ids, pad_id)
+    c_ids, c_mask = right_pad(completion_ids, pad_id)
+    attention_mask = torch.cat([p_mask, c_mask.long()], dim=1)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    return torch.cat([p_ids, c_ids], dim=1), attention_mask, position_ids, c_mask
+
+
+def completion_logprobs(
+    model: torch.nn.Module, exp: Experience, temperature: float, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``[N, T]`` logprobs of the completion tokens under ``softmax(logits / temperature)``.
+
+    Only the last T+1 positions go through the output layer (prompt logits are never needed).
+    """
+    width = exp.mask.shape[1]
+    logits = model(
+        input_ids=exp.input_ids,
+        attention_mask=exp.attention_mask,
+        position_ids=exp.position_ids,
+        logits_to_keep=width + 1,
+    ).logits[:, :-1]
+    logprobs = ca.logprobs_from_logits(logits, exp.completion_ids, temperature)
+    # entropy is only reported: no autograd graph over [N, T, V]
+    entropy = ca.entropy_from_logits(logits.detach() / temperature) if with_entropy else None
+    return logprobs, entropy
+
+
+def completion_values(critic: torch.nn.Module, exp: Experience) -> torch.Tensor:
+    """``[N, T]`` values: V_t is read at the token before completion token t (the state)."""
+    width = exp.mask.shape[1]
+    values = token_scores(critic, exp.input_ids, exp.attention_mask, exp.position_ids)
+    return values[:, -width - 1 : -1]
+
+
+class ActorCritic(torch.nn.Module):
+    """Actor and critic as one module, so one ``accelerator.prepare`` (DDP or one DeepSpeed
+    engine) covers both and one forward computes logprobs, entropy and values together."""
+
+    def __init__(self, actor: torch.nn.Module, critic: torch.nn.Module) -> None:
+        super().__init__()
+        self.actor, self.critic = actor, critic
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:  # read by TRL's unwrap_model_for_generation
+        return bool(getattr(self.actor, "is_gradient_checkpointing", False))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        for model in (self.actor, self.critic):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        for model in (self.actor, self.critic):
+            model.gradient_checkpointing_disable()
+
+    def forward(self, exp: Experience, temperature: float, with_entropy: bool = False):
+        """``(logprobs [N, T], entropy [N, T] | None, values [N, T])``."""
+        logprobs, entropy = completion_logprobs(self.actor, exp, temperature, with_entropy)
+        return logprobs, entropy, completion_values(self.critic, exp)
+
+
+class PPOTrainer:
+    """Orchestrates one PPO run; models and data come built (see :mod:`align.ppo.run`).
+
+    ``rollout_batch_size`` is global: each of the W processes generates for its share of the
+    prompts, advantages are whitened with global statistics and losses are normalised by the
+    global token count, so W processes follow the same trajectory as one.
+    """
+
+    def __init__(
+        self,
+        cfg: PPOConfig,
+        actor: torch.nn.Module,
+        reference: torch.nn.Module | None,
+        critic: torch.nn.Module,
+        tokenizer,
+        rewards: list[WeightedReward],
+        prompts: list[dict],
+        engine: RolloutEngine,
+        eval_prompts: list[dict] | None = None,
+        accelerator=None,
+    ) -> None:
+        self.cfg, self.tokenizer, self.rewards, self.engine = cfg, tokenizer, rewards, engine
+        self.accelerator = accelerator or make_accelerator(cfg)
+        world = self.accelerator.num_processes
+        if cfg.rollout_batch_size % world:
+            raise ValueError(
+                f"rollout_batch_size: expected a multiple of the {world} processes, "
+                f"got {cfg.rollout_batch_size}"
+            )
+        self.prompts, self.eval_prompts = prompts, eval_prompts or []
+        self.truncated_prompts = 0
+        self.prompt_ids = [self._encode_prompt(r) for r in prompts]
+        self.sampler = MixtureSampler(
+            [r["category"] for r in prompts], cfg.category_weights, seed=cfg.seed
+        )
+        self.param_counts = {
+            f"params/{name}_{kind}": count
+            for name, model in (("actor", actor), ("critic", critic))
+            for kind, count in zip(("trainable", "total"), parameter_counts(model))
+        }
+        self.model, self.optimizer, self.scheduler = self._prepare(ActorCritic(actor, critic))
+        self.reference = self._prepare_reference(reference)
+        self.kl_ctl = (
+            ca.AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
+            if cfg.kl_target
+            else ca.FixedKLController(cfg.beta)
+        )
+        self.score_stats = ca.RunningMoments()
+        self.step, self.bad_steps = 0, 0
+        self.synced_at_step: int | None = None
+        self.out = Path(cfg.output_dir)
+        self.sampling = SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            top_k=cfg.top_k,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+        )
+
+    # ------------------------------------------------------------ set-up helpers
+
+    def _encode_prompt(self, record: dict) -> list[int]:
+        ids, truncated = get_chat_format(self.cfg.chat_format).encode_prompt(
+            messages_of(record), self.tokenizer, self.cfg.max_prompt_length
+        )
+        self.truncated_prompts += truncated
+        if not ids:
+            raise ValueError(f"prompt {record.get('id', '?')} encodes to no tokens")
+        return ids
+
+    def _prepare(self, model: ActorCritic):
+        """One AdamW with the actor's and the critic's learning rates as two parameter groups."""
+        from transformers import get_scheduler
+
+        cfg = self.cfg
+        groups = [
+            {
+                "params": [p for p in model.actor.parameters() if p.requires_grad],
+                "lr": cfg.actor_lr,
+            },
+            {
+                "params": [p for p in model.critic.parameters() if p.requires_grad],
+                "lr": cfg.critic_lr,
+            },
+        ]
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        per_step = cfg.ppo_epochs * cfg.num_minibatches
+        scheduler = get_scheduler(
+            "constant_with_warmup",
+            optimizer,
+            num_warmup_steps=cfg.warmup_steps * per_step,
+            num_training_steps=cfg.total_steps * per_step,
+        )
+        if self.accelerator.distributed_type == "DEEPSPEED":
+            ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+            ds["gradient_clipping"] = cfg.max_grad_norm
+        return self.accelerator.prepare(model, optimizer, scheduler)
+
+    def _prepare_reference(self, reference: torch.nn.Module | None):
+        """Frozen reference; ``None`` means the actor with its LoRA adapters disabled."""
+        if reference is None:
+            return None
+        reference.eval().requires_grad_(False)
+        if self.accelerator.distributed_type == "DEEPSPEED":
+            from trl.models import prepare_deepspeed
+
+            return prepare_deepspeed(reference, self.accelerator)
+        return reference.to(self.accelerator.device)
+
+    # ------------------------------------------------------------ experience
+
+    @contextmanager
+    def _timer(self, times: dict, name: str):
+        started = time.perf_counter()
+        yield
+        times[f"time/{name}"] = time.perf_counter() - started
+
+    def _generate(
+        self,
+        prompt_ids: list[list[int]],
+        sampling: SamplingParams,
+        n: int,
+        times: dict | None = None,
+        force_sync: bool = False,
+    ):
+        """Generate with the engine, first syncing the actor's weights into it when due: at the
+        first call, every ``sync_every`` steps, and when ``force_sync`` (evaluation)."""
+        from trl.models import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
+            if self._sync_due(force_sync):
+                started = time.perf_counter()
+                self._sync_engine(unwrapped.actor)
+                self.synced_at_step = self.step
+                if times is not None:
+                    times["time/weight_sync"] = time.perf_counter() - started
+            return self.engine.generate(prompt_ids, sampling, n)
+
+    def _sync_engine(self, actor: torch.nn.Module) -> None:
+        """A shared engine (a server) is synced once, by the main process; nobody generates
+        before it has the new weights."""
+        if not getattr(self.engine, "shared", False):
+            self.engine.sync_weights(actor)
+            return
+        if self.accelerator.is_main_process:
+            self.engine.sync_weights(actor)
+        self.accelerator.wait_for_everyone()
+
+    def _sync_due(self, force: bool) -> bool:
+        if self.synced_at_step is None:
+            return True
+        if self.synced_at_step == self.step:  # weights only change between steps
+            return False
+        return force or self.step - self.synced_at_step >= self.cfg.sync_every
+
+    def _reference_logprobs(self, exp: Experience) -> torch.Tensor:
+        if self.reference is not None:
+            return completion_logprobs(self.reference, exp, self.cfg.temperature)[0]
+        actor = self.accelerator.unwrap_model(self.model).actor
+        with actor.disable_adapter():
+            return completion_logprobs(actor, exp, self.cfg.temperature)[0]
+
+    @torch.no_grad()
+    def make_experience(self, rows: list[dict], prompt_ids: list[list[int]], times: dict):
+        """Generate, score and evaluate this process's share; returns (Experience, info)."""
+        n = self.cfg.samples_per_prompt
+        with self._timer(times, "generate"):
+            batch: RolloutBatch = self._generate(prompt_ids, self.sampling, n, times)
+        ids, attn, pos, mask = build_sequences(
+            batch.prompt_ids, batch.completion_ids, self.tokenizer.pad_token_id
+        )
+        dev = self.accelerator.device
+        exp = Experience(ids.to(dev), attn.to(dev), pos.to(dev), mask.to(dev), *([None] * 4))
+        sample_rows = [r for r in rows for _ in range(n)]
+        with self._timer(times, "reward"):
+            texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
+            prompts, columns = reward_inputs(sample_rows)
+            columns.update(prompt_ids=batch.prompt_ids, completion_ids=batch.completion_ids)
+            scored = score_rewards(self.rewards, prompts, texts, columns)
+            scores, parts = scored.total, scored.parts
+            exp.mask = exp.mask & scored.kept.to(dev)[:, None]  # dropped samples: no tokens
+        truncated = torch.tensor([f == "length" for f in batch.finish_reasons])
+        if self.cfg.missing_eos_penalty is not None:
+            scores = scores - self.cfg.missing_eos_penalty * truncated.float()
+        self.model.eval()
+        with self._timer(times, "policy_value_forward"):
+            exp.old_logprobs, _, exp.values = self.model(exp, self.cfg.temperature)
+        gap = self._logprob_gap(batch, exp.old_logprobs, mask.to(dev))
+        with self._timer(times, "reference"):
+            exp.ref_logprobs = self._reference_logprobs(exp)
+        exp.scores = scores.to(dev)
+        info = {
+            "parts": parts,
+            "dropped": ~scored.kept,
+            "truncated": truncated,
+            "lengths": mask.sum(1),
+            "categories": [r["category"] for r in sample_rows],
+            "logprob_gap": gap,
+        }
+        return exp, info
+
+    @staticmethod
+    def _logprob_gap(
+        batch: RolloutBatch, trainer_logprobs: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(sum, count, max)`` of |engine logprob − trainer logprob| over completion tokens:
+        the engine's sampling logprobs against the teacher-forced forward of the same tokens
+        (stale or wrongly synced weights show up here)."""
+        _, engine_logprobs, _ = batch.padded_completions(0)
+        diff = (engine_logprobs.to(trainer_logprobs) - trainer_logprobs).abs() * mask
+        return diff.sum(), mask.sum(), diff.max() if diff.numel() else diff.new_zeros(())
+
+    def _global_sum(self, *xs: torch.Tensor) -> list[torch.Tensor]:
+        stacked = torch.stack([x.detach().double().reshape(()) for x in xs])
+        if self.accelerator.num_processes > 1:
+            stacked = self.accelerator.reduce(stacked, reduction="sum")
+        return list(stacked)
+
+    def _whiten_globally(self, x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8):
+        total, squares, count = self._global_sum(
+            ca.masked_sum(x, mask), ca.masked_sum(x * x, mask), mask.sum()
+        )
+        mean = total / count.clamp(min=1)
+        var = (squares - count * mean * mean) / (count - 1).clamp(min=1)
+        return ((x - mean.to(x.dtype)) * torch.rsqrt(var.to(x.dtype) + eps)) * mask
+
+    def compute_advantages(self, exp: Experience) -> torch.Tensor:
+        """Shape rewards, GAE, whiten; fills ``exp.advantages``/``returns``; returns KL [N, T]."""
+        cfg = self.cfg
+        scores = exp.scores
+        if cfg.normalize_rewards:
+            self.score_stats.update(self.accelerator.gather(scores))
+            scores = self.score_stats.normalize(scores)
+        kl = ca.kl_penalty(exp.old_logprobs, exp.ref_logprobs, exp.mask, cfg.kl_estimator)
+        rewards = ca.shape_rewards(scores, kl, exp.mask, self.kl_ctl.value, cfg.score_clip)
+        advantages, returns = ca.gae(rewards, exp.values, exp.mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = self._whiten_globally(advantages, exp.mask)
+        exp.advantages, exp.returns = advantages, returns
+        return kl
+
+    # ------------------------------------------------------------ optimisation
+
+    def _micro_losses(self, mb: Experience, num_tokens: torch.Tensor):
+        """Losses normalised by the global token count, times W because DDP and DeepSpeed
+        average gradients over processes: the gradient is then that of one big batch."""
+        cfg = self.cfg
+        logprobs, entropy, values = self.model(mb, cfg.temperature, with_entropy=True)
+        pg, pg_stats = ca.policy_loss(
+            logprobs, mb.old_logprobs, mb.advantages, mb.mask, cfg.clip_eps, cfg.dual_clip
+        )
+        vf, vf_stats = ca.value_loss(values, mb.values, mb.returns, mb.mask, cfg.value_clip_eps)
+        scale = self.accelerator.num_processes
+        pg_loss = ca.aggregate(pg, mb.mask, num_tokens) * scale
+        vf_loss = cfg.vf_coef * ca.aggregate(vf, mb.mask, num_tokens) * scale
+        share = mb.mask.sum() / num_tokens  # this micro-batch's share of the global tokens
+        stats = {
+            "policy/approxkl_avg": pg_stats["approxkl"] * share,
+            "policy/clipfrac_avg": pg_stats["clipfrac"] * share,
+            "val/ratio": pg_stats["ratio"] * share,
+            "val/clipfrac_avg": vf_stats["vf_clipfrac"] * share,
+            "policy/entropy_avg": ca.masked_mean(entropy, mb.mask) * share,
+            "loss/policy_avg": pg_loss.detach() / scale,
+            "loss/value_avg": vf_loss.detach() / scale,
+        }
+        return pg_loss, vf_loss, stats
+
+    def _optimizer_step(self, minibatch: Experience) -> dict[str, torch.Tensor] | None:
+        """One step over a minibatch in micro-batches; None when a loss was not finite."""
+        (num_tokens,) = self._global_sum(minibatch.mask.sum())
+        num_tokens = num_tokens.float().clamp(min=1)
+        totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        size, n = self.cfg.micro_batch_size, minibatch.mask.shape[0]
+        finite = True
+        for start in range(0, n, size):
+            mb = minibatch.select(torch.arange(start, min(start + size, n)))
+            pg_loss, vf_loss, stats = self._micro_losses(mb, num_tokens)
+            finite = finite and bool(torch.isfinite(pg_loss) and torch.isfinite(vf_loss))
+            self.accelerator.backward(pg_loss + vf_loss)
+            for k, v in stats.items():
+                totals[k] += v.detach().double().cpu()
+        (all_finite,) = self._global_sum(torch.tensor(float(not finite)))
+        if all_finite > 0:  # every process skips together
+            self.optimizer.zero_grad()
+            return None
+        if self.accelerator.distributed_type != "DEEPSPEED":  # DeepSpeed clips in its step
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            self.accelerator.clip_grad_norm_(unwrapped.actor.parameters(), self.cfg.max_grad_norm)
+            self.accelerator.clip_grad_norm_(unwrapped.critic.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        return totals
+
+    def train_on(self, exp: Experience) -> dict[str, float]:
+        """``ppo_epochs`` × ``num_minibatches`` optimizer steps; mean stats over them."""
+        self.model.train()
+        n = exp.mask.shape[0]
+        size = n // self.cfg.num_minibatches
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + self.step)
+        collected: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for _ in range(self.cfg.ppo_epochs):
+            order = torch.randperm(n, generator=gen).to(exp.mask.device)
+            for start in range(0, n, size):
+                stats = self._optimizer_step(exp.select(order[start : start + size]))
+                if stats is None:
+                    collected["skipped"].append(torch.ones((), dtype=torch.float64))
+                    continue
+                for k, v in stats.items():
+                    collected[k].append(v)
+        summed = {k: torch.stack(v).mean() for k, v in collected.items()}
+        return {k: float(v) for k, v in zip(summed, self._global_sum(*summed.values()))}
+
+    # ------------------------------------------------------------ the loop
+
+    def _my_share(self, items: list) -> list:
+        """This process's contiguous slice of a global list."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        per = len(items) // world
+        return items[rank * per : (rank + 1) * per]
+
+    def ppo_step(self) -> dict[str, float]:
+        """Draw prompts, make experience, update; returns this step's (global) metrics."""
+        times: dict[str, float] = {}
+        index = self._my_share(self.sampler.sample(self.cfg.rollout_batch_size))
+        rows = [self.prompts[i] for i in index]
+        exp, info = self.make_experience(rows, [self.prompt_ids[i] for i in index], times)
+        kl = self.compute_advantages(exp)
+        with self._timer(times, "train"):
+            stats = self.train_on(exp)
+        self._check_finite(stats)
+        seq_kl = ca.masked_sum(kl, exp.mask, dim=1)
+        metrics = self._rollout_metrics(exp, info, seq_kl)
+        self.kl_ctl.update(metrics["objective/kl"], self.cfg.rollout_batch_size)
+        return {**metrics, **stats, **times}
+
+    def _check_finite(self, stats: dict) -> None:
+        world = self.accelerator.num_processes
+        if stats.get("skipped", 0) and len(stats) == 1:
+            self.bad_steps += 1
+            if self.bad_steps >= self.cfg.max_bad_steps:
+                raise FloatingPointError(
+                    f"non-finite loss in {self.bad_steps} PPO steps in a "
+                    "row; lower the learning rates or check the rewards"
+                )
+            stats["skipped"] /= world
+        else:
+            self.bad_steps = 0
+
+    def _mean_over_samples(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Global means of per-sample tensors ``{name: [N_local]}``."""
+        names = list(values)
+        sums = self._global_sum(
+            *(values[k].sum() for k in names),
+            torch.tensor(float(next(iter(values.values())).numel())),
+        )
+        count = sums[-1]
+        return {k: float(s / count) for k, s in zip(names, sums[:-1])}
+
+    def _rollout_metrics(self, exp: Experience, info: dict, seq_kl: torch.Tensor) -> dict:
+        non_score = -self.kl_ctl.value * seq_kl.cpu()
+        scores = exp.scores.cpu()
+        per_sample = {
+            "objective/kl": seq_kl.cpu(),
+            "objective/scores": scores,
+            "objective/non_score_reward": non_score,
+            "objective/rlhf_reward": scores + non_score,
+            "val/eos_rate": (~info["truncated"]).float(),
+            "response_length": info["lengths"].float(),
+            **{f"reward/{name}": s for name, s in info["parts"].items()},
+            "reward/dropped": info["dropped"].float(),
+        }
+        metrics = self._mean_over_samples(per_sample)
+        metrics.update(self._gap_metrics(*info["logprob_gap"]))
+        metrics["objective/beta"] = self.kl_ctl.value
+        metrics["lr/actor"] = self.scheduler.get_last_lr()[0]
+        by_cat: dict[str, list[float]] = defaultdict(list)
+        for c, s in zip(info["categories"], scores.tolist()):
+            by_cat[c].append(s)
+        for c, s in by_cat.items():  # this process's samples; per-category means are indicative
+            metrics[f"reward/category/{c}"] = sum(s) / len(s)
+        return metrics
+
+    def _gap_metrics(self, total: torch.Tensor, count: torch.Tensor, peak: torch.Tensor) -> dict:
+        total, count = self._global_sum(total, count)
+        if self.accelerator.num_processes > 1:
+            peak = self.accelerator.gather(peak.reshape(1)).max()
+        return {
+            "rollout/logprob_gap_mean": float(total / count.clamp(min=1)),
+            "rollout/logprob_gap_max": float(peak),
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Answers to the held-out prompts: mean combined score, overall and per category."""
+        if not self.eval_prompts:
+            return {}
+        rows = self.eval_prompts[: self.cfg.eval_max_prompts]
+        world = self.accelerator.num_processes
+        mine = rows[self.accelerator.process_index :: world]
+        cfg = self.cfg
+        sampling = SamplingParams(
+            max_new_tokens=cfg.max_new_tokens, top_p=cfg.top_p, temperature=cfg.eval_temperature
+        )
+        with torch.random.fork_rng(devices=[]):  # the training stream stays untouched
+            torch.manual_seed(cfg.seed + 1_000_003 + self.accelerator.process_index)
+            batch = self._generate(
+                [self._encode_prompt(r) for r in mine], sampling, 1, force_sync=True
+            )
+        texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
+        prompts, columns = reward_inputs(mine)
+        scores, _ = combine_rewards(self.rewards, prompts, texts, columns)
+        results = list(
+            zip(
+                [r["category"] for r in mine],
+                scores.tolist(),
+                [f == "stop" for f in batch.finish_reasons],
+            )
+        )
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            results = gather_object(results)
+        out = {
+            "eval/score": sum(s for _, s, _ in results) / len(results),
+            "eval/eos_rate": sum(e for _, _, e in results) / len(results),
+        }
+        for c in sorted({c for c, _, _ in results}):
+            picked = [s for k, s, _ in results if k == c]
+            out[f"eval/score/{c}"] = sum(picked) / len(picked)
+        return out
+
+    def train(self, progress: Callable[[int, dict], None] = lambda step, m: None) -> dict:
+        """Run to ``total_steps`` (from where a resumed run stopped); returns the last metrics."""
+        cfg = self.cfg
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        if cfg.report_to:
+            scalars = {k: v for k, v in vars(cfg).items() if isinstance(v, int | float | str)}
+            self.accelerator.init_trackers("align-ppo", config=scalars)
+        metrics: dict = {}
+        if self.step == 0:
+            counts = {**self.param_counts, "prompts/truncated": self.truncated_prompts}
+            self._log({"step": 0, **counts, **self.evaluate()})
+        while self.step < cfg.total_steps:
+            started = time.perf_counter()
+            metrics = self.ppo_step()
+            self.step += 1
+            metrics = {"step": self.step, **metrics, "time/step": time.perf_counter() - started}
+            last = self.step == cfg.total_steps
+            if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+                metrics.update(self.evaluate())
+            self._log(metrics)
+            if (cfg.save_every and self.step % cfg.save_every == 0) or last:
+                self.save_checkpoint()
+            progress(self.step, metrics)
+        self.accelerator.end_training()
+        return metrics
+
+    def _log(self, metrics: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics, ensure_ascii=False) + "\n")
+        if self.cfg.report_to:
+            self.accelerator.log(metrics, step=metrics["step"])
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """``checkpoints/step-N/``: ``actor/`` and ``critic/`` in HF format (safetensors), the
+        accelerate state (models, optimizer, scheduler, RNG of every process) and
+        ``trainer_state.pt``. Written to a temporary directory and renamed, so a crash never
+        leaves half a checkpoint."""
+        acc = self.accelerator
+        final = self.out / "checkpoints" / f"step-{self.step}"
+        with atomic_checkpoint(acc, final, self.cfg.save_total_limit) as tmp:
+            state_dict = acc.get_state_dict(self.model)  # gathered under ZeRO-3: None off rank 0
+            if acc.is_main_process:
+                unwrapped = acc.unwrap_model(self.model)
+                for name in ("actor", "critic"):
+                    prefix = f"{name}."
+                    part = {
+                        k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)
+                    }
+                    getattr(unwrapped, name).save_pretrained(
+                        tmp / name, state_dict=part, safe_serialization=True
+                    )
+                self.tokenizer.save_pretrained(tmp / "actor")
+                torch.save(self._state(), tmp / "trainer_state.pt")
+            acc.save_state(str(tmp / "accelerate"))
+        return final
+
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "bad_steps": self.bad_steps,
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "score_stats": self.score_stats.state_dict(),
+            "sampler": self.sampler.state_dict(),
+        }
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore everything :meth:`save_checkpoint` wrote, so training continues exactly."""
+        if not (path / "trainer_state.pt").is_file():
+            raise FileNotFoundError(f"{path}: not a PPO checkpoint (no trainer_state.pt)")
+        self.accelerator.load_state(str(path / "accelerate"))
+        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        self.step, self.bad_steps = state["step"], state["bad_steps"]
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.score_stats.load_state_dict(state["score_stats"])
+        self.sampler.load_state_dict(state["sampler"])
+        if self.accelerator.is_main_process:
+            self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics logged after the checkpoint (a crashed run's tail) before continuing."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+
+def make_accelerator(cfg: PPOConfig):
+    """An ``Accelerator`` that also runs several processes on a CPU-only machine (gloo).
+
+    Launched by torchrun without CUDA, accelerate would fall back to a non-distributed state in
+    every process; ``cpu=True`` makes it a gloo process group (MULTI_CPU) instead. DeepSpeed on CPU
+    keeps its own state and needs the gloo backend named explicitly.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    kwargs: dict = {"log_with": cfg.report_to or None, "project_dir": cfg.output_dir}
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched and not torch.cuda.is_available():
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+        else:
+            kwargs["cpu"] = True
+    return Accelerator(**kwargs)
