@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DS_BUILD_OPS := 0
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test test-fast lint clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,18 @@ demo: venv
 	$(BIN)/align tiny build
 	$(BIN)/align pei --rounds 2
 
+## ruff, and the import contract (the layers of DESIGN.md, in pyproject.toml).
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
-## ruff, then the whole test suite.
+## ruff and the import contract, then the whole test suite (what CI runs).
 test: lint
 	$(BIN)/python -m pytest -q
+
+## The unit tests alone: pure and fast (under a minute), no tiny world.
+test-fast: venv
+	$(BIN)/python -m pytest -q tests/unit
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

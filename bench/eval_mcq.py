@@ -18,6 +18,10 @@ import statistics
 import time
 from pathlib import Path
 
+from align.tiny.build import build_tiny_world
+from eval.gsb_run import load_policy
+from eval.mcq_run import MCQConfig, evaluate_mcq
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,13 +36,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from eval.gsb_run import load_policy
-    from eval.mcq_run import MCQConfig, evaluate_mcq
-
     policy = args.policy
     if policy is None:
-        from align.tiny.build import build_tiny_world
-
         policy = str(build_tiny_world(None)[0].policy)
     model, tokenizer = load_policy(policy)
     configs = {

@@ -17,13 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+# The project's modules are imported inside the functions below, after these are set:
+# huggingface_hub reads HF_HUB_OFFLINE when it loads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _prompt_subset(source: Path, count: int, folder: Path) -> Path:
     """The first ``count`` prompts, round-robin over categories so every sub-domain is present."""
-    from align.core.data import load_records
+    from align.core.data import load_records  # lazy: after the environment above is set
 
     by_category: dict[str, list] = {}
     for r in load_records(source, "prompts").to_list():
@@ -40,18 +42,20 @@ def _prompt_subset(source: Path, count: int, folder: Path) -> Path:
 
 
 def _measure(engine_kind: str, batch_size: int, args, prompts: Path, policy: Path, out: Path):
+    # lazy: after the environment above is set
     from align.filter.run import FilterConfig, build_engine, load_tokenizer, run_filter
+    from rollouts.config import RolloutConfig, VLLMOptions
 
+    vllm_options = json.loads(args.engine_options) if engine_kind != "hf" else {}
     cfg = FilterConfig(
         prompts=str(prompts),
         policy=str(policy),
-        engine=engine_kind,
+        rollout=RolloutConfig(engine=engine_kind, vllm=VLLMOptions(**vllm_options)),
         n=args.n,
         max_new_tokens=args.max_new_tokens,
         batch_size=batch_size,
         use_cache=False,
         out=str(out / f"{engine_kind}-{batch_size}.jsonl"),
-        engine_options=json.loads(args.engine_options) if engine_kind != "hf" else {},
     )
     started = time.perf_counter()
     engine = build_engine(cfg, load_tokenizer(cfg.policy))
@@ -81,7 +85,7 @@ def _measure(engine_kind: str, batch_size: int, args, prompts: Path, policy: Pat
 
 
 def _threads() -> int:
-    import torch
+    import torch  # lazy: after the environment above is set
 
     return torch.get_num_threads()
 
@@ -93,9 +97,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64])
-    parser.add_argument("--engine-options", default="{}", help="JSON options of vLLM engines.")
+    parser.add_argument(
+        "--engine-options", default="{}", help="JSON rollout.vllm options of vLLM engines."
+    )
     args = parser.parse_args()
-    from align.tiny.build import build_tiny_world
+    from align.tiny.build import build_tiny_world  # lazy: after the environment above is set
 
     world, _ = build_tiny_world()
     with tempfile.TemporaryDirectory() as tmp:

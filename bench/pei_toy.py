@@ -28,13 +28,23 @@ import sys
 import tempfile
 from pathlib import Path
 
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from align.core.checkpoints import latest_checkpoint
+from align.core.data import load_records, write_jsonl
+from align.pei.run import PEIConfig, run_pei
+from align.ppo.config import PPOConfig
+from align.ppo.run import run_ppo
+from align.tiny.build import build_tiny_world
+from align.tiny.reward import tiny_world_reward
+from eval.generation import generate_answers
+from rollouts.base import SamplingParams
+
 RELIABLE, NOISY = "金融百科", "保险"
 
 
 def toy_reward(prompts, completions, category, reference, **_) -> list[float]:
     """The rule for the reliable sub-domain; a hash of the answer for the noisy one."""
-    from align.tiny.reward import tiny_world_reward
-
     truth = tiny_world_reward(prompts, completions, category=category, reference=reference)
     out = []
     for text, c, t in zip(completions, category, truth):
@@ -46,8 +56,6 @@ def toy_reward(prompts, completions, category, reference, **_) -> list[float]:
 
 
 def write_toy_data(world, root: Path) -> dict[str, str]:
-    from align.core.data import load_records, write_jsonl
-
     def pick(name: str) -> list[dict]:
         rows = load_records(world.data(name), "prompts").to_list()
         return [r for r in rows if r["category"] in (RELIABLE, NOISY)]
@@ -70,13 +78,6 @@ def write_toy_data(world, root: Path) -> dict[str, str]:
 
 def true_reward(model_dir: Path, eval_path: str) -> dict[str, float]:
     """Mean rule reward of greedy answers to the held-out prompts, per sub-domain and overall."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from align.core.data import load_records
-    from align.tiny.reward import tiny_world_reward
-    from eval.generation import generate_answers
-    from rollouts.base import SamplingParams
-
     rows = load_records(eval_path, "prompts").to_list()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
@@ -110,10 +111,6 @@ def ppo_overrides(world, data: dict, seed: int) -> dict:
 
 
 def run_plain(world, data, root: Path, seed: int, steps: int) -> Path:
-    from align.core.checkpoints import latest_checkpoint
-    from align.ppo.config import PPOConfig
-    from align.ppo.run import run_ppo
-
     values = {**ppo_overrides(world, data, seed), "total_steps": steps, "beta": 0.05}
     cfg = dataclasses.replace(
         PPOConfig.from_sources("tiny"), **values, output_dir=str(root / "plain")
@@ -123,9 +120,6 @@ def run_plain(world, data, root: Path, seed: int, steps: int) -> Path:
 
 
 def run_pei_arm(world, data, root: Path, seed: int, args) -> tuple[Path, list]:
-    from align.core.checkpoints import latest_checkpoint
-    from align.pei.run import PEIConfig, run_pei
-
     cfg = PEIConfig(
         rounds=args.rounds,
         pretrain_steps=args.pretrain_steps,
@@ -150,8 +144,6 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--keep", help="keep the runs under this directory")
     args = parser.parse_args(argv)
-
-    from align.tiny.build import build_tiny_world
 
     world, _ = build_tiny_world()
     budget = args.pretrain_steps + args.rounds * args.round_steps

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -43,8 +44,12 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+
+# This file also runs as the TRL 0.24 side, in a venv without align (and with transformers 4):
+# each side imports its own libraries inside its functions, after setting up its environment.
 
 ROLLOUT = 16  # prompts per step, one sample each
 NEW_TOKENS = 32
@@ -152,6 +157,7 @@ def summarize(
 def build_models(root: Path) -> None:
     """Policy, reward and value models + tokenizer + prompts under ``root`` (transformers 5)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # lazy: after HF_HUB_OFFLINE is set; align only on this side (see the note at the top)
     from transformers import (
         AutoTokenizer,
         LlamaConfig,
@@ -210,7 +216,7 @@ class EachPromptOnce:
 
 
 def make_reward_fn(reward_model, pad_id: int):
-    from rm.model import last_token_scores
+    from rm.model import last_token_scores  # lazy: align's side only (see the note at the top)
 
     def rm_fn(prompts, completions, prompt_ids, completion_ids, **_):
         seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
@@ -228,6 +234,7 @@ def make_reward_fn(reward_model, pad_id: int):
 
 def run_align(args, control: Control) -> dict:
     sys.path.insert(0, str(REPO))
+    # lazy: align's side only, after its path is set (see the note at the top)
     import transformers
     from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification
 
@@ -325,9 +332,6 @@ def run_align(args, control: Control) -> dict:
 
 def _patch_peer_phases(trainer, ppo_module, sink: dict, tokens: list) -> None:
     """Time the helpers TRL 0.24's loop calls (module globals and instance attributes)."""
-    import gc
-    from types import SimpleNamespace
-
     generate, forward, get_reward = (
         ppo_module.batch_generation,
         ppo_module.forward,
@@ -360,6 +364,7 @@ def _patch_peer_phases(trainer, ppo_module, sink: dict, tokens: list) -> None:
 
 def run_peer(args, control: Control) -> dict:
     os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
+    # lazy: the peer venv's TRL 0.24 (its PPOTrainer is gone from TRL 1.x), after the line above
     import transformers
     import trl
     import trl.trainer.ppo_trainer as ppo_module

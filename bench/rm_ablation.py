@@ -13,10 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import time
 import zlib
 from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
+
+from align.core.data import load_records, messages_of, write_jsonl
+from align.core.pref_data import financeiq_prefs, load_hh_rlhf
+from rm.evaluate import evaluate_reward_model
+from rm.ufrm import UFRMConfig, run_ufrm
 
 VARIANTS = {"bt": (0.0, 0.0), "bt+irl": (0.5, 0.0), "bt+irl+cl": (0.5, 0.1)}
 DATA = Path(
@@ -30,8 +45,6 @@ def load_splits(hh_train: int, hh_eval: int, dev: bool = False) -> dict[str, lis
     0-6 train, 7-9 held out), so a question's three pairs stay on one side. ``dev``: the
     held-out parts are not read; the last 150 HH training pairs and FinanceIQ bucket 6 serve
     as the evaluation set instead (for choosing a set-up without touching held-out data)."""
-    from align.core.pref_data import financeiq_prefs, load_hh_rlhf
-
     hh = load_hh_rlhf(DATA / "hh-rlhf/harmless-base-sample.jsonl").records
     fiq = financeiq_prefs(DATA / "financeiq/test-sample").records
     bucket = {r["id"]: zlib.crc32(r["id"].encode()) % 10 for r in fiq}
@@ -51,8 +64,6 @@ def load_splits(hh_train: int, hh_eval: int, dev: bool = False) -> dict[str, lis
 
 
 def _splits(out: Path, hh_train: int, hh_eval: int, dev: bool = False) -> dict:
-    from align.core.data import write_jsonl
-
     paths = {}
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in load_splits(hh_train, hh_eval, dev).items():
@@ -65,9 +76,6 @@ def bpe_tokenizer(texts: list[str], out: Path, template_from: str, vocab_size: i
     """A byte-level BPE trained on ``texts`` (the training split only), with the chat template
     and special tokens of ``template_from``: better coverage of the real text than the tiny
     world's tokenizer, which was trained on synthetic Chinese financial text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
     ref = AutoTokenizer.from_pretrained(template_from)
     special = {"pad_token": ref.pad_token, "bos_token": ref.bos_token, "eos_token": ref.eos_token}
     bpe = Tokenizer(models.BPE())
@@ -87,8 +95,6 @@ def bpe_tokenizer(texts: list[str], out: Path, template_from: str, vocab_size: i
 
 
 def _split_texts(paths: dict) -> list[str]:
-    from align.core.data import load_records, messages_of
-
     texts = []
     for name in ("hh_train", "fiq_train"):
         for r in load_records(paths[name], "prefs"):
@@ -100,9 +106,6 @@ def fresh_backbone(
     tokenizer_dir: str, out: Path, seed: int = 0, width: int = 64, layers: int = 2
 ) -> str:
     """A fresh tiny Llama reward backbone (``width`` hidden, ``layers`` layers, head_dim 32)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         vocab_size=len(tok),
@@ -138,8 +141,6 @@ def resolve_backbone(spec: str, a, paths: dict) -> str:
 
 
 def _config(a, run_dir: Path, model: str, train: Path, variant: str, seed: int, lr: float):
-    from rm.ufrm import UFRMConfig
-
     irl, cl = VARIANTS[variant]
     return UFRMConfig(
         output_dir=str(run_dir),
@@ -161,8 +162,6 @@ def _config(a, run_dir: Path, model: str, train: Path, variant: str, seed: int, 
 
 
 def _evaluate(a, model_dir, path) -> dict:
-    from rm.evaluate import evaluate_reward_model
-
     ev = evaluate_reward_model(model_dir, path, max_length=a.max_length)
     keys = ("accuracy", "margin", "chosen_mean", "rejected_mean", "n")
     return {**{k: ev[k] for k in keys}, "truncated": ev["encoding"]["truncated"]}
@@ -170,8 +169,6 @@ def _evaluate(a, model_dir, path) -> dict:
 
 def run_cell(a, paths: dict, data: str, variant: str, seed: int) -> dict:
     """Train one (data set, loss, seed) run from the backbone and evaluate it held out."""
-    from rm.ufrm import run_ufrm
-
     run_dir = a.out / f"{data}-{variant}-{seed}"
     start = time.perf_counter()
     cfg = _config(a, run_dir, a.backbone, paths[f"{data}_train"], variant, seed, a.lr)
@@ -190,10 +187,6 @@ def run_cell(a, paths: dict, data: str, variant: str, seed: int) -> dict:
 def _replay_file(a, paths: dict, seed: int) -> Path:
     """FinanceIQ training pairs plus ``a.replay_share`` of the final set drawn from HH training
     pairs (the sizing of ``rm.ufrm._mix_replay``), written once per seed."""
-    import random
-
-    from align.core.data import load_records, write_jsonl
-
     fin = list(load_records(paths["fiq_train"], "prefs"))
     general = list(load_records(paths["hh_train"], "prefs"))
     n = min(len(general), round(a.replay_share * len(fin) / (1 - a.replay_share)))
@@ -212,8 +205,6 @@ def run_stage2(a, paths: dict, seed: int) -> dict:
     """Stage 2 on FinanceIQ (plus ``--replay-share`` HH pairs) from the HH BT+IRL+CL model of
     ``seed`` (stage 1; trained here if the ablation did not), at half the learning rate [P];
     both held-out sets before and after."""
-    from rm.ufrm import run_ufrm
-
     stage1 = a.out / f"hh-bt+irl+cl-{seed}" / "stage1"
     if not (stage1 / "score_stats.json").is_file():
         run_cell(a, paths, "hh", "bt+irl+cl", seed)

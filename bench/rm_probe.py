@@ -20,6 +20,14 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegressionCV
+from transformers import AutoTokenizer
+
+from align.core.chat_formats import get_chat_format
+from align.core.data import messages_of
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rm_ablation import load_splits  # noqa: E402
@@ -27,8 +35,6 @@ from rm_ablation import load_splits  # noqa: E402
 
 def _pairwise_xy(vec, rows: list[dict], seed: int):
     """``X = φ(c) − φ(r)`` with half the rows flipped (label 0), so no intercept is needed."""
-    import numpy as np
-
     diff = vec.transform([r["chosen"] for r in rows]) - vec.transform([r["rejected"] for r in rows])
     flip = np.array([random.Random(seed + i).random() < 0.5 for i in range(len(rows))])
     sign = np.where(flip, -1.0, 1.0)
@@ -51,9 +57,6 @@ def _analyzers(tokenizer) -> dict:
 def bow_accuracy(train: list[dict], held: list[dict], features: dict, seed: int = 0) -> dict:
     """Held-out accuracy of a pairwise logistic regression on TF-IDF features of the responses;
     the inverse regularisation ``C`` is chosen by 5-fold cross-validation on ``train`` only."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegressionCV
-
     vec = TfidfVectorizer(sublinear_tf=True, min_df=2, **features)
     vec.fit([r[k] for r in train for k in ("chosen", "rejected")])
     x, y = _pairwise_xy(vec, train, seed)
@@ -82,9 +85,6 @@ def coverage(rows: list[dict], tokenizer, chat_format: str, max_lengths: list[in
     """Characters per token, share of tokens that are byte fragments (not a whole character),
     and per ``max_length``: share of conversations truncated and share whose whole answer,
     whole prompt (user turns) survive left truncation."""
-    from align.core.chat_formats import get_chat_format
-    from align.core.data import messages_of
-
     chat = get_chat_format(chat_format)
     lengths, answer_lengths, chars, tokens, fragments = [], [], 0, 0, 0
     for r in rows:
@@ -122,8 +122,6 @@ def main() -> None:
     ap.add_argument("--max-lengths", type=int, nargs="+", default=[128, 256, 512])
     ap.add_argument("--chat-format", default="hf")
     a = ap.parse_args()
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(a.tokenizer)
     splits = load_splits(a.hh_train, a.hh_eval, a.dev)
     for data in ("hh", "fiq"):

@@ -22,13 +22,15 @@ import time
 from pathlib import Path
 
 import torch
+from datasets import Dataset
+from trl import RewardConfig, RewardTrainer
+
+from align.core.data import load_records
+from align.tiny.build import build_tiny_world
+from rm.ufrm import UFRMConfig, UFRMTrainer, encode_pairs, load_reward_model
 
 
 def _trainers(model, tok, data, out: Path, pairs: int):
-    from trl import RewardConfig, RewardTrainer
-
-    from rm.ufrm import UFRMConfig, UFRMTrainer
-
     common = dict(
         report_to="none",
         bf16=False,
@@ -77,12 +79,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--max-length", type=int, default=192)
     a = ap.parse_args()
-    from datasets import Dataset
-
-    from align.core.data import load_records
-    from align.tiny.build import build_tiny_world
-    from rm.ufrm import encode_pairs, load_reward_model
-
     world, _ = build_tiny_world()
     model, tok = load_reward_model(a.model or world.reward)
     records = list(load_records(world.data("prefs"), "prefs"))[::7][: a.pairs * (a.steps + 1)]

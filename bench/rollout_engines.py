@@ -20,6 +20,7 @@ tokens/s ratio per prompt count.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -28,13 +29,18 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from align.tiny.build import build_tiny_world
+from rollouts.base import SamplingParams
+from rollouts.factory import make_engine
+from rollouts.vllm_server import VLLMServerEngine
+
+# before vLLM loads (it does only when an engine starts)
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # vLLM logs to stdout otherwise; keep it JSON
 
 
 def build_policy(out: Path, tokenizer) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -109,11 +115,6 @@ def bench_sync(engine, model, repeats: int, kind: str = "vllm", sync: str = "in-
 
 def bench_server_sync(model_dir: str, model, tokenizer, dtype: str, repeats: int) -> list[dict]:
     """Sync into one server through both transports (two clients of the same server)."""
-    import dataclasses
-
-    from rollouts.factory import make_engine
-    from rollouts.vllm_server import VLLMServerEngine
-
     server = make_engine("vllm-server", model_dir, tokenizer, dtype=dtype, max_model_len=512)
     try:
         rows = []
@@ -135,12 +136,6 @@ def main() -> None:
     parser.add_argument("--vllm-dtype", default="float32")
     parser.add_argument("--no-server", action="store_true", help="skip the server sync timings")
     args = parser.parse_args()
-
-    from transformers import AutoTokenizer
-
-    from align.tiny.build import build_tiny_world
-    from rollouts.base import SamplingParams
-    from rollouts.factory import make_engine
 
     world, _ = build_tiny_world()
     tokenizer = AutoTokenizer.from_pretrained(world.tokenizer)

@@ -20,11 +20,13 @@ import sys
 import time
 
 import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from rollouts.base import SamplingParams, left_pad
+from rollouts.hf_generate import GenerateEngine
 
 
 def build_model(vocab: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=vocab,
@@ -45,9 +47,6 @@ def prompts(n: int, vocab: int) -> list[list[int]]:
 
 
 def run_align(model, batch, new_tokens):
-    from rollouts.base import SamplingParams
-    from rollouts.hf_generate import GenerateEngine
-
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=0.7, seed=0)
     out = GenerateEngine(model, 0, 1).generate(batch, sampling)
     return out.completion_ids, out.logprobs
@@ -55,10 +54,6 @@ def run_align(model, batch, new_tokens):
 
 @torch.no_grad()
 def run_peer(model, batch, new_tokens):
-    from transformers import GenerationConfig
-
-    from rollouts.base import left_pad
-
     ids, mask = left_pad(batch, 0)
     torch.manual_seed(0)
     model.generation_config = GenerationConfig()

@@ -9,8 +9,6 @@ report to print beside the chart.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +17,9 @@ import matplotlib
 matplotlib.use("Agg", force=False)
 from matplotlib import font_manager  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ft2font import FT2Font  # noqa: E402
 
+from align.core.io import atomic_path  # noqa: E402
 from eval.gsb import GSBReport  # noqa: E402
 
 CJK_FONTS = (
@@ -45,8 +45,6 @@ def cjk_font() -> str | None:
 
 
 def _default_font_covers(text: str) -> bool:
-    from matplotlib.ft2font import FT2Font
-
     path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
     charmap = FT2Font(path).get_charmap()
     return all(ord(ch) in charmap for ch in text)
@@ -72,15 +70,9 @@ def _figure(n_rows: float, width: float = 9.0) -> Figure:
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _font_rc() -> dict:

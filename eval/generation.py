@@ -51,6 +51,7 @@ def encode_prompts(
 def as_engine(engine_or_policy, tokenizer, batch_size: int | None = None) -> RolloutEngine:
     """A rollout engine as is; a ``torch.nn.Module`` policy wrapped in ``GenerateEngine``."""
     if isinstance(engine_or_policy, torch.nn.Module):
+        # lazy: rollouts.hf_generate loads transformers, kept off 'align eval mcq --help'
         from rollouts.hf_generate import GenerateEngine
 
         return GenerateEngine.from_tokenizer(engine_or_policy, tokenizer, batch_size=batch_size)

@@ -9,64 +9,80 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from align.core.config import check_ranges
 from align.core.config import help_field as _help
+from align.core.data import load_records, write_jsonl
+from align.core.models import check_model_dir, load_pretrained
+from align.core.outputs import check_output_dir
+from eval.generation import generate_answers
 from eval.gsb import GSBReport, summarize
 from eval.judges import Judge, RewardJudge
+from eval.llm_judge import LLMJudge, LLMJudgeConfig
+from rm.spec import TINY_REWARD, RewardSpec, as_specs, tiny_reward  # noqa: F401 (TINY_REWARD)
+from rollouts.base import SamplingParams
 
-TINY_REWARD = "align.tiny.reward:tiny_world_reward"
-JUDGES = ("reward", "llm")
 _NOT_COLUMNS = {"prompt", "messages", "category", "id"}
+#: Old spellings of GSBConfig fields, still read (with a warning, once each).
+OLD_SPELLINGS = {
+    "llm_base_url": "llm_judge.base_url",
+    "llm_model": "llm_judge.model",
+    "api_key_env": "llm_judge.api_key_env",
+    "reward_model": "rewards",
+}
 
 
 @dataclass
 class GSBConfig:
     """``align eval gsb``: a candidate policy against a baseline on held-out prompts."""
 
-    candidate: str = _help("Candidate policy directory (HF format).", "")
-    baseline: str = _help(
-        "Baseline policy directory (`align eval gsb` defaults to the tiny world's SFT policy).", ""
+    config_renames: ClassVar[dict[str, str]] = OLD_SPELLINGS
+
+    candidate: str = field(metadata={"help": "Candidate policy directory (HF format)."})
+    baseline: str | None = _help(
+        "Baseline policy directory; none = the tiny world's SFT policy (`align eval gsb`).", None
     )
-    prompts: str = _help(
-        "Held-out prompt records {prompt | messages, category, ...} (`align eval gsb` defaults "
-        "to the tiny world's eval prompts). Other columns (e.g. reference) reach the reward "
+    prompts: str | None = _help(
+        "Held-out prompt records {prompt | messages, category, ...}; none = the tiny world's "
+        "eval prompts (`align eval gsb`). Other columns (e.g. reference) reach the reward "
         "functions.",
-        "",
+        None,
     )
-    judge: str = _help(
-        "reward (score both answers) or llm (an OpenAI-compatible chat API).", "reward"
+    rewards: list[RewardSpec] = _help(
+        "Reward sources of the reward judge (entries as align ppo's rewards; or written short: "
+        "a reward model directory, a YAML file of entries, ...).",
+        factory=tiny_reward,
     )
-    rewards: list[dict] = field(
-        default_factory=lambda: [{"type": "python", "fn": TINY_REWARD}],
-        metadata={"help": "Reward sources of the reward judge, as PPO's rewards: entries."},
+    margin: float = _help("Reward judge: a score difference within margin is 'same'.", 0.0, ge=0)
+    judge: Literal["reward", "llm"] | None = _help(
+        "reward (score both answers with the rewards) or llm (llm_judge); none = llm when "
+        "llm_judge is given, else reward.",
+        None,
     )
-    margin: float = _help("Reward judge: a score difference within margin is 'same'.", 0.0)
-    llm_base_url: str = _help("LLM judge: base URL, e.g. http://127.0.0.1:8000/v1.", "")
-    llm_model: str = _help("LLM judge: model name sent to the API.", "")
-    api_key_env: str | None = _help("LLM judge: environment variable holding the API key.", None)
-    max_new_tokens: int = _help("Answer length cap.", 128)
-    temperature: float = _help("Sampling temperature of both policies (0 = greedy).", 0.0)
-    batch_size: int = _help("Prompts per generate call.", 32)
-    limit: int | None = _help("Use only the first N prompts of each category.", None)
-    n_boot: int = _help("Bootstrap resamples for the intervals.", 2000)
-    confidence: float = _help("Interval coverage.", 0.95)
-    seed: int = _help("Seed of sampling and of the bootstrap.", 0)
+    llm_judge: LLMJudgeConfig | None = _help(
+        "The chat model behind an OpenAI-compatible API that judges (judge: llm).", None
+    )
+    max_new_tokens: int = _help("Answer length cap.", 128, ge=1)
+    temperature: float = _help("Sampling temperature of both policies (0 = greedy).", 0.0, ge=0)
+    batch_size: int = _help("Prompts per generate call.", 32, ge=1)
+    limit: int | None = _help("Use only the first N prompts of each category.", None, ge=1)
+    n_boot: int = _help("Bootstrap resamples for the intervals.", 2000, ge=1)
+    confidence: float = _help("Interval coverage.", 0.95, gt=0, lt=1)
+    seed: int = _help("Seed of sampling and of the bootstrap.", 0, ge=0)
     out: str = _help(
         "Run directory for answers.jsonl, gsb.json, plots/gsb.png, report.md.", "runs/eval-gsb"
     )
 
     def __post_init__(self) -> None:
-        for name in ("candidate", "baseline", "prompts"):
-            if not getattr(self, name):
-                raise ValueError(f"{name}: required")
-        if self.judge not in JUDGES:
-            raise ValueError(f"judge: expected one of {JUDGES}, got {self.judge!r}")
-        if self.judge == "llm" and not (self.llm_base_url and self.llm_model):
-            raise ValueError("judge llm: set llm_base_url and llm_model")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit: expected >= 1 or None, got {self.limit}")
-        if self.margin < 0:
-            raise ValueError(f"margin: expected >= 0, got {self.margin}")
+        if not self.candidate:
+            raise ValueError("candidate: required")
+        check_ranges(self)
+        if self.judge == "llm" and self.llm_judge is None:
+            raise ValueError("judge: llm needs llm_judge.base_url and llm_judge.model")
+        if self.judge == "reward" and self.llm_judge is not None:
+            raise ValueError("judge: reward, but llm_judge is given (leave one out)")
+        self.rewards = as_specs(self.rewards)  # entries given in code as mappings
 
 
 @dataclass
@@ -102,22 +118,21 @@ def compare(
 
 
 def build_judge(cfg: GSBConfig) -> Judge:
-    if cfg.judge == "reward":
+    if cfg.llm_judge is None:
         return RewardJudge.from_config(cfg.rewards, cfg.margin)
-    from eval.llm_judge import LLMJudge
-
-    return LLMJudge(cfg.llm_base_url, cfg.llm_model, cfg.api_key_env or None)
+    return LLMJudge.from_config(cfg.llm_judge)
 
 
 def load_prompt_records(cfg: GSBConfig) -> list[dict]:
-    """The prompt records, the first ``limit`` of each category."""
-    from align.core.data import load_records
-
+    """The prompt records, the first ``limit`` of each category; ValueError naming the file
+    when it has none."""
     records, seen = [], {}
     for row in load_records(cfg.prompts, "prompts"):
         seen[row["category"]] = seen.get(row["category"], 0) + 1
         if cfg.limit is None or seen[row["category"]] <= cfg.limit:
             records.append({k: v for k, v in row.items() if v is not None})
+    if not records:
+        raise ValueError(f"prompts: {cfg.prompts} has no prompt records (the file is empty)")
     return records
 
 
@@ -127,30 +142,40 @@ def _columns(records: list[dict]) -> dict[str, list]:
     return {n: [r[n] for r in records] for n in sorted(names)}
 
 
-def load_policy(path: str):
-    """``(model, tokenizer)`` from a policy directory (safetensors only, no remote code)."""
+def load_policy(path: str, field: str = "policy"):
+    """``(model, tokenizer)`` from a policy directory (safetensors only, no remote code); a bad
+    directory is one line naming ``field`` (the option it came from)."""
+    # lazy: transformers' Auto classes (~2 s) stay off 'align eval gsb --help'
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"{path}: no such policy directory")
+    check_model_dir(path, field)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+    model = load_pretrained(AutoModelForCausalLM, path, field).eval()
     return model, tokenizer
+
+
+def check_paths(cfg: GSBConfig) -> None:
+    """Before any model loads: ``out`` takes writes and both policies are model directories
+    with safetensors weights (one line naming the field otherwise)."""
+    check_output_dir(cfg.out, "out")
+    for name in ("candidate", "baseline"):
+        check_model_dir(getattr(cfg, name), name)
 
 
 def run_gsb(cfg: GSBConfig, on_batch: Callable[[int], None] | None = None) -> Comparison:
     """Generate both policies' answers, judge, and write the report into ``cfg.out``."""
-    from align.core.data import write_jsonl
-    from eval.generation import generate_answers
-    from eval.report import gsb_section, write_report
-    from rollouts.base import SamplingParams
+    from eval.report import gsb_section, write_report  # lazy: eval.report loads matplotlib
 
+    for name in ("baseline", "prompts"):
+        if getattr(cfg, name) is None:
+            raise ValueError(f"{name}: required (`align eval gsb` fills in the tiny world's)")
+    check_paths(cfg)
     judge = build_judge(cfg)
     records = load_prompt_records(cfg)
     sampling = SamplingParams(cfg.max_new_tokens, cfg.temperature, seed=cfg.seed)
     answers = {}
     for side, path in (("candidate", cfg.candidate), ("baseline", cfg.baseline)):
-        model, tokenizer = load_policy(path)
+        model, tokenizer = load_policy(path, side)
         answers[side] = generate_answers(
             model, tokenizer, records, sampling, batch_size=cfg.batch_size, on_batch=on_batch
         )

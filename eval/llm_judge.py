@@ -21,8 +21,9 @@ import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from align.core.config import check_ranges, help_field
 from align.core.http import HTTPExhausted, HTTPRejected, request_json
 
 JUDGE_PROMPT_ZH = (
@@ -97,6 +98,29 @@ class JudgeStats:
             setattr(self, name, getattr(self, name) + k)
 
 
+@dataclass
+class LLMJudgeConfig:
+    """A judge model behind an OpenAI-compatible chat API (both answer orders per comparison)."""
+
+    base_url: str = field(metadata={"help": "API base URL, e.g. http://127.0.0.1:8000/v1."})
+    model: str = field(metadata={"help": "Model name sent to the API."})
+    api_key_env: str | None = help_field(
+        "Environment variable holding the API key; none = a server without a key.", None
+    )
+    temperature: float = help_field("Sampling temperature of the judge.", 0.0, ge=0)
+    max_tokens: int = help_field("Longest judgement (tokens).", 512, ge=1)
+    timeout: float = help_field("Seconds per request.", 120.0, gt=0)
+    retries: int = help_field("Retries of a failed request.", 3, ge=0)
+    backoff: float = help_field("Seconds before the first retry (doubling).", 1.0, ge=0)
+    parse_retries: int = help_field("Asks again when a reply names no verdict.", 1, ge=0)
+    max_workers: int = help_field("Concurrent requests.", 8, ge=1)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: expected http:// or https://, got {self.base_url!r}")
+
+
 class LLMJudge:
     """A :class:`~eval.judges.Judge` asking a chat model, both answer orders per comparison."""
 
@@ -137,6 +161,11 @@ class LLMJudge:
         self.retries, self.backoff, self.parse_retries = retries, backoff, parse_retries
         self.max_workers = max_workers
         self.stats = JudgeStats()
+
+    @classmethod
+    def from_config(cls, cfg: LLMJudgeConfig) -> LLMJudge:
+        """The judge a :class:`LLMJudgeConfig` describes."""
+        return cls(**asdict(cfg))
 
     # ----------------------------------------------------------------- HTTP
 
@@ -227,6 +256,7 @@ class LLMJudge:
         **columns,
     ) -> list[str | None]:
         """Verdicts of candidate ``answers_a`` against baseline ``answers_b`` (both orders)."""
+        # lazy: eval.judges loads torch/transformers, kept off 'align pei --help'
         from eval.judges import check_lengths
 
         check_lengths(prompts, answers_a, answers_b, categories)

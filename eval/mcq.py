@@ -15,22 +15,24 @@ with the shots taken in file order from the ``dev`` split of the same subject an
 FinanceIQ, the longest shots dropped while the prompt would exceed ``max_length`` tokens.
 
 Two scorings: ``generate`` (generate through any rollout engine and extract the option letter
-with :func:`extract_choice`, FinanceIQ's way; no readable letter counts as wrong — FinanceIQ
-guesses at random instead, which adds a quarter of those on average) and ``loglik`` (the option
+with :func:`align.core.answers.extract_choice`, the one reader the RL reward
+``rm.rules.mcq_match`` uses too; no readable letter counts as wrong — FinanceIQ guesses at random
+instead, which adds a quarter of those on average) and ``loglik`` (the option
 whose letter, as the answer's first token(s), is most likely). Accuracy per category, the macro
 average over categories (FinanceIQ's overall score) and the micro average over questions.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from align.core.answers import extract_choice  # noqa: F401  (re-exported: eval.extract_choice)
 from align.core.data import DataError, check_record, read_table
+from rollouts.base import right_pad
 
 OPTIONS = ("A", "B", "C", "D")
 HEADER = "以下是关于{subject}的单项选择题，请直接给出正确答案的选项。\n\n"
@@ -67,7 +69,8 @@ def category_of(path: Path, split: str) -> str:
 
 
 def read_mcq_csv(path: str | Path, category: str | None = None) -> list[MCQItem]:
-    """Every row of one exam file, validated; a bad row raises :class:`~align.core.data.DataError`."""
+    """Every row of one exam file, validated; a bad row raises
+    :class:`~align.core.data.DataError`."""
     path = Path(path)
     items = []
     for i, raw in enumerate(read_table(path)):
@@ -143,52 +146,6 @@ def build_prompt(
         longest = max(n for _, n in sized)
         sized = [(e, n) for e, n in sized if n != longest]
     return header + "".join(e for e, _ in sized) + end
-
-
-# ---------------------------------------------------------------- answer extraction
-
-_L = r"([A-D])(?![A-Za-z])"  # an option letter that is not part of a word ("CPA")
-_OPEN = r"[（(【\[]?\s*"
-_STRONG = [
-    re.compile(
-        r"答案(?:选项)?\s*(?:应该|应当|应)?\s*(?:是|为|选)?\s*[:：]?\s*(?:选项)?\s*" + _OPEN + _L
-    ),
-    re.compile(
-        r"正确(?:的)?(?:选项|答案|答案选项)\s*(?:应该|应)?\s*(?:是|为)?\s*[:：]?\s*" + _OPEN + _L
-    ),
-    re.compile(r"(?<![A-Za-z])(?:故|所以|因此|应|应该)?选(?:择)?\s*[:：]?\s*" + _OPEN + _L),
-    re.compile(r"选项\s*" + _L + r"\s*(?:是|为)?\s*(?:正确|对的|当选|符合题意)"),
-    re.compile(r"(?<![A-Za-z])" + _L + r"\s*(?:选项|项)?\s*(?:是|为)?\s*(?:正确|当选|符合题意)"),
-    re.compile(r"answer\s*(?:is|:)\s*\(?\s*" + _L, re.IGNORECASE),
-]
-_LEADING = re.compile(  # "C", "(C)", "C. …" — but not a list "A、B、C…"
-    r"^\s*[（(【\[]?\s*([A-D])(?!\s*[、,，和与及/]\s*[A-D](?![A-Za-z]))"
-    r"\s*(?:$|[)）】\]\s.。,，、:：;；!！])"
-)
-_ANY = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
-
-
-def extract_choice(text: str) -> str | None:
-    """The option letter an answer chooses, or None when it names none or several.
-
-    In order: an explicit phrase ("答案是：C", "正确答案为 C", "选C。", "选项C正确", "C项当选",
-    "the answer is C"; the last one wins), a letter the answer starts with ("C", "(C)", "C. …"),
-    and finally the only option letter the answer mentions at all. Letters inside Latin words
-    (``CPA``) never count; an answer that mentions several letters without settling on one
-    (``"A和C都有道理"``) gives None.
-    """
-    best: tuple[int, str] | None = None
-    for pattern in _STRONG:
-        for match in pattern.finditer(text):
-            if best is None or match.start(1) > best[0]:
-                best = (match.start(1), match.group(1))
-    if best is not None:
-        return best[1]
-    leading = _LEADING.match(text)
-    if leading:
-        return leading.group(1)
-    mentioned = set(_ANY.findall(text))
-    return mentioned.pop() if len(mentioned) == 1 else None
 
 
 # ---------------------------------------------------------------- scoring
@@ -318,8 +275,6 @@ def _shared_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
 
 def _right_padded(model, sequences: Sequence[Sequence[int]], pad_id: int):
     """``[B, L, V]`` float32 log-softmax of the model over right-padded sequences."""
-    from rollouts.base import right_pad
-
     device = next(model.parameters()).device
     ids, mask = right_pad(sequences, pad_id)
     logits = model(input_ids=ids.to(device), attention_mask=mask.long().to(device)).logits

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
+from align.core.config import check_ranges
 from align.core.config import help_field as _help
 from eval.generation import as_engine, encode_prompts, generate_from_ids
 from eval.mcq import (
@@ -30,44 +32,48 @@ PROMPT_FORMATS = ("auto", "chat", "raw")
 class MCQConfig:
     """``align eval mcq``: an exam benchmark in the FinanceIQ / CMMLU / C-Eval layout."""
 
-    data: str = _help("Benchmark folder holding <split>/*.csv (and dev/*.csv for shots).", "")
+    data: str = field(
+        metadata={"help": "Benchmark folder holding <split>/*.csv (and dev/*.csv for shots)."}
+    )
     split: str = _help("Folder of the questions to score (FinanceIQ: test; or dev).", "test")
-    shots: int = _help("Worked examples from dev/ before each question: 0 or 5 (FinanceIQ).", 0)
-    scoring: str = _help(
+    shots: int = _help(
+        "Worked examples from dev/ before each question: 0 or 5 (FinanceIQ).", 0, ge=0
+    )
+    scoring: Literal["generate", "loglik", "both"] = _help(
         "generate (extract the letter from a greedy answer, FinanceIQ's way), loglik (most "
         "likely letter as the answer's first token), or both.",
         "generate",
     )
-    prompt_format: str = _help(
+    prompt_format: Literal["auto", "chat", "raw"] = _help(
         "chat: the exam prompt as a user turn through the tokenizer's chat template; raw: the "
         "text itself (base models, as FinanceIQ feeds them); auto: chat when the tokenizer has "
         "a template.",
         "auto",
     )
-    max_new_tokens: int = _help("Answer length cap for generate scoring.", 32)
+    max_new_tokens: int = _help("Answer length cap for generate scoring.", 32, ge=1)
     max_length: int = _help(
         "Prompt token budget: shots are dropped longest first past it (FinanceIQ), and longer "
         "prompts are left-truncated (counted).",
         2048,
+        ge=1,
     )
-    batch_size: int = _help("Prompts per engine / model call.", 16)
-    limit: int | None = _help("Score only the first N questions of each category.", None)
+    batch_size: int = _help("Prompts per engine / model call.", 16, ge=1)
+    limit: int | None = _help("Score only the first N questions of each category.", None, ge=1)
+    policy: str | None = _help(
+        "Policy directory (`align eval mcq`); none = the tiny world's SFT policy.", None
+    )
+    out: str = _help("Run directory for the report (`align eval mcq`).", "runs/eval-mcq")
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if not self.data:
             raise ValueError("data: a benchmark folder (holding <split>/*.csv) is required")
-        if self.shots < 0:
-            raise ValueError(f"shots: expected >= 0, got {self.shots}")
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring: expected one of {SCORINGS}, got {self.scoring!r}")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(
                 f"prompt_format: expected one of {PROMPT_FORMATS}, got {self.prompt_format!r}"
             )
-        if min(self.max_new_tokens, self.max_length, self.batch_size) < 1:
-            raise ValueError("max_new_tokens, max_length and batch_size: expected >= 1")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit: expected >= 1 or None, got {self.limit}")
 
 
 @dataclass

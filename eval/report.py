@@ -11,32 +11,13 @@ Every file is written atomically (temporary file in the same folder, then rename
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from align.core.io import atomic_write_json, atomic_write_text
 from eval.charts import accuracy_chart, gsb_chart
 from eval.gsb import GSBReport
 from eval.mcq import MCQResult
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write UTF-8 text atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_json(path: str | Path, data) -> Path:
-    return write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def _alias_note(aliases: Mapping[str, str]) -> str:
@@ -55,7 +36,7 @@ def gsb_section(
 ) -> str:
     """Write ``<stem>.json`` and ``plots/<stem>.png``; the markdown section linking them."""
     run_dir = Path(run_dir)
-    write_json(run_dir / f"{stem}.json", {**report.to_dict(), **dict(extra or {})})
+    atomic_write_json(run_dir / f"{stem}.json", {**report.to_dict(), **dict(extra or {})})
     aliases = gsb_chart(report, run_dir / "plots" / f"{stem}.png", title)
     return (
         f"## {title}\n\n"
@@ -77,7 +58,7 @@ def mcq_section(
     """Write ``<stem>.json`` (with every prediction), ``plots/<stem>.png``; the section."""
     run_dir = Path(run_dir)
     data = {k: r.to_dict(with_predictions=True) for k, r in results.items()}
-    write_json(run_dir / f"{stem}.json", {**dict(extra or {}), "results": data})
+    atomic_write_json(run_dir / f"{stem}.json", {**dict(extra or {}), "results": data})
     per_scoring = {
         k: {c: v["accuracy"] for c, v in r.per_category.items()} for k, r in results.items()
     }
@@ -98,4 +79,4 @@ def mcq_section(
 def write_report(run_dir: str | Path, sections: Sequence[str], title: str = "Evaluation") -> Path:
     """``run_dir/report.md``: a title and the sections."""
     body = f"# {title}\n\n" + "\n".join(sections)
-    return write_text(Path(run_dir) / "report.md", body)
+    return atomic_write_text(Path(run_dir) / "report.md", body)

@@ -12,24 +12,29 @@ Several processes / DeepSpeed (every process trains; the main one evaluates and 
 With no config it runs the tiny world (``align/configs/pei_tiny.yaml``). Any PEIConfig field
 can be overridden: ``--rounds 3 --round_steps 50``. How this departs from the report: the
 numbers it leaves open (tiers, step size, floor, β schedule, stop rule) are METHODS.md's
-defaults, each a config field (``align pei --show-config``); the reward is measured for RM
+defaults, each a config field (``align pei --show_config``); the reward is measured for RM
 alignment on labelled pairs the user provides (the tiny world's held-out pairs by default).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 
-from align.pei.run import PEIConfig, run_pei
+def main(argv: list[str] | None = None) -> None:
+    # Imports after run_recipe has set up the quiet terminal: the libraries print as they load.
+    from align.cli.app import run_recipe
 
+    def load_class() -> type:
+        from align.pei.run import PEIConfig
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="tiny", help="YAML file of PEIConfig fields")
-    args, overrides = parser.parse_known_args(argv)
-    run_pei(PEIConfig.from_sources(args.config, overrides))
+        return PEIConfig
+
+    def run(cfg) -> None:
+        from align.pei.run import run_pei
+
+        run_pei(cfg)
+
+    run_recipe("recipes/pei.py", load_class, run, help=__doc__, args=argv, default_config="tiny")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -12,24 +12,28 @@ Several processes / DeepSpeed (the config files are in recipes/accelerate_config
 Any PPOConfig field can be overridden: ``--beta 0.1 --total_steps 300``. How this departs from
 the XuanYuan reports: everything the reports leave open (KL estimator, clip values, whitening,
 missing-EOS penalty, GAE defaults from DeepSpeed-Chat) is a documented config field; see
-``align ppo --show-config``.
+``align ppo --show_config``.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 
-from align.ppo.config import PPOConfig
-from align.ppo.run import run_ppo
+def main(argv: list[str] | None = None) -> None:
+    # Imports after run_recipe has set up the quiet terminal: the libraries print as they load.
+    from align.cli.app import run_recipe
 
+    def load_class() -> type:
+        from align.ppo.config import PPOConfig
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file of PPOConfig fields")
-    args, overrides = parser.parse_known_args(argv)
-    run_ppo(PPOConfig.from_sources(args.config, overrides))
+        return PPOConfig
+
+    def run(cfg) -> None:
+        from align.ppo.run import run_ppo
+
+        run_ppo(cfg)
+
+    run_recipe("recipes/ppo.py", load_class, run, help=__doc__, args=argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -36,23 +36,28 @@ was never stopped (lines logged after the checkpoint by the stopped run are drop
 
 from __future__ import annotations
 
-import argparse
-import sys
 
-from align.pretrain.run import PretrainConfig, run
+def main(argv: list[str] | None = None) -> None:
+    # Imports after run_recipe has set up the quiet terminal: the libraries print as they load.
+    from align.cli.app import run_recipe
 
+    def load_class() -> type:
+        from align.pretrain.run import PretrainConfig
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file of PretrainConfig fields")
-    args, overrides = parser.parse_known_args(argv)
-    summary = run(PretrainConfig.from_sources(args.config, overrides))
-    before, after = summary["held_out_before"]["all"], summary["held_out_after"]["all"]
-    print(
-        f"held-out loss {before:.4f} -> {after:.4f} in {summary['steps']} steps; "
-        f"final model: {summary['final']}"
-    )
+        return PretrainConfig
+
+    def run(cfg) -> None:
+        from align.pretrain.run import run as pretrain
+
+        summary = pretrain(cfg)
+        before, after = summary["held_out_before"]["all"], summary["held_out_after"]["all"]
+        print(
+            f"held-out loss {before:.4f} -> {after:.4f} in {summary['steps']} steps; "
+            f"final model: {summary['final']}"
+        )
+
+    run_recipe("recipes/pretrain.py", load_class, run, help=__doc__, args=argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

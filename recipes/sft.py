@@ -19,20 +19,25 @@ held-out split are ours [P]; the reports give only the 4 : 1 general : finance m
 
 from __future__ import annotations
 
-import argparse
-import sys
 
-from align.sft.run import SFTRecipeConfig, run
+def main(argv: list[str] | None = None) -> None:
+    # Imports after run_recipe has set up the quiet terminal: the libraries print as they load.
+    from align.cli.app import run_recipe
 
+    def load_class() -> type:
+        from align.sft.run import SFTRecipeConfig
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file of SFTRecipeConfig fields")
-    args, overrides = parser.parse_known_args(argv)
-    summary = run(SFTRecipeConfig.from_sources(args.config, overrides))
-    before, after = summary["held_out_before"]["loss"], summary["held_out_after"]["loss"]
-    print(f"held-out loss {before:.4f} -> {after:.4f}; final model: {summary['final']}")
+        return SFTRecipeConfig
+
+    def run(cfg) -> None:
+        from align.sft.run import run as sft
+
+        summary = sft(cfg)
+        before, after = summary["held_out_before"]["loss"], summary["held_out_after"]["loss"]
+        print(f"held-out loss {before:.4f} -> {after:.4f}; final model: {summary['final']}")
+
+    run_recipe("recipes/sft.py", load_class, run, help=__doc__, args=argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

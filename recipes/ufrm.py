@@ -17,23 +17,27 @@ projection, τ 0.05), the stage-2 learning rate (0.5×) and replay share are our
 
 from __future__ import annotations
 
-import argparse
-import sys
 
-from accelerate import PartialState
+def main(argv: list[str] | None = None) -> None:
+    # Imports after run_recipe has set up the quiet terminal: the libraries print as they load.
+    from align.cli.app import run_recipe
 
-from align.ufrm.run import run
-from rm.ufrm import UFRMConfig
+    def load_class() -> type:
+        from rm.ufrm import UFRMConfig
 
+        return UFRMConfig
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file of UFRMConfig fields")
-    args, overrides = parser.parse_known_args(argv)
-    summary = run(UFRMConfig.from_sources(args.config, overrides))
-    if PartialState().is_main_process:
-        print(f"final reward model: {summary['final']}")
+    def run(cfg) -> None:
+        from accelerate import PartialState
+
+        from align.ufrm.run import run as train
+
+        summary = train(cfg)
+        if PartialState().is_main_process:
+            print(f"final reward model: {summary['final']}")
+
+    run_recipe("recipes/ufrm.py", load_class, run, help=__doc__, args=argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

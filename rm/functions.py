@@ -11,12 +11,16 @@ sequence-classification model on disk), :class:`rm.remote.RemoteRewardModel` (HT
 of :mod:`rm.rules`. :func:`rewards_from_config` builds them from ``rewards:`` config entries and
 :func:`score_rewards` / :func:`combine_rewards` combine them with weights.
 
-**Policy for bad scores (the one place: :func:`check_scores`).** A source returning the wrong
-number of scores, or something that is not a number or None, is always an error naming the source.
-A ``None``, NaN or ±inf score is, by default (``on_invalid: error``), an error naming the source,
-the sample indices and an example value; with ``on_invalid: drop`` on that source the sample is
-dropped instead and counted (``RewardScores.dropped[source]``; PPO logs ``reward/dropped`` and
-trains on the remaining samples only).
+**Policy for bad scores (the one place: :func:`check_scores`).** A source that raises, returns
+the wrong number of scores, or returns something that is not a number or None, is always a
+:class:`~rm.errors.RewardError` naming the source (its name and its ``rewards[k]`` spec) and what
+was expected; the command line reports it as one line with exit status 2. A ``None``, NaN or ±inf
+score is, by default (``on_invalid: error``), such an error naming the samples and an example
+value; with ``on_invalid: drop`` on that source the sample is dropped instead and counted
+(``RewardScores.dropped[source]``): :attr:`RewardScores.kept` marks the samples that remain, and
+every mean of scores (PPO's ``objective/scores``, ``reward/<name>``, ``eval/score``) is taken over
+the kept samples only (:func:`kept_mean`); PPO logs the dropped share and count and trains on the
+kept samples only.
 """
 
 from __future__ import annotations
@@ -37,7 +41,11 @@ import torch
 
 from align.core.chat_formats import ChatFormat, get_chat_format
 from align.core.data import messages_of
-from rm.model import last_token_scores
+from rm.errors import RewardError
+from rm.model import last_token_scores, require_safetensors
+from rm.remote import RemoteRewardModel
+from rm.rules import make_rule
+from rm.spec import RewardSpec, as_spec, as_specs
 
 Conversation = list[dict[str, str]]
 
@@ -57,6 +65,37 @@ def reward_inputs(rows: Sequence[Mapping]) -> tuple[list, dict[str, list]]:
     return prompts, {k: [r.get(k) for r in rows] for k in sorted(keys)}
 
 
+def required_columns(fn: Callable) -> tuple[str, ...]:
+    """The dataset columns a reward function declares it reads (its ``required_columns``
+    attribute, looked up through :class:`PythonReward` and :class:`WeightedReward` wrappers)."""
+    while fn is not None:
+        declared = getattr(fn, "required_columns", None)
+        if declared:
+            return tuple(declared)
+        fn = getattr(fn, "fn", None)
+    return ()
+
+
+def check_reward_columns(rewards: Sequence, rows: Sequence[Mapping], source: str) -> None:
+    """Before any generation: a :class:`RewardError` naming ``source`` (the prompts file), the
+    column and the reward when records lack a column a reward declares it reads.
+
+    ``rewards``: :class:`WeightedReward` components or plain reward functions.
+    """
+    for reward in rewards:
+        name = getattr(reward, "name", None) or getattr(reward, "__name__", "reward")
+        for column in required_columns(reward):
+            missing = [k for k, r in enumerate(rows) if r.get(column) is None]
+            if not missing:
+                continue
+            have = sorted({k for r in rows for k in r})
+            which = "no record has it" if len(missing) == len(rows) else f"rows {missing[:10]}"
+            raise RewardError(
+                f"{source}: column '{column}' missing ({which}; columns: {', '.join(have)}), "
+                f"needed by reward function '{name}'{_where(getattr(reward, 'source', ''))}"
+            )
+
+
 def as_conversation(prompt: str | Conversation, completion: str | Conversation) -> Conversation:
     """One conversation: the prompt's turns followed by the completion's assistant turn(s)."""
     head = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
@@ -68,16 +107,30 @@ def as_conversation(prompt: str | Conversation, completion: str | Conversation) 
     return head + tail
 
 
-def _check_scores(name: str, scores: Sequence, expected: int) -> list[float | None]:
+class RewardTypeError(RewardError, TypeError):
+    """A reward source returned a value of the wrong type (a user error and a ``TypeError``)."""
+
+
+def _where(source: str) -> str:
+    return f" ({source})" if source else ""
+
+
+def _check_scores(
+    name: str, scores: Sequence, expected: int, source: str = ""
+) -> list[float | None]:
+    """``scores`` as floats (None kept); a :class:`RewardError` naming ``name`` and ``source``
+    for a wrong count or a value that is neither a real number nor None."""
     if len(scores) != expected:
-        raise ValueError(
+        raise RewardError(
             f"reward function '{name}' returned {len(scores)} scores for {expected} samples"
+            f"{_where(source)}; expected one score per completion, in order"
         )
     out = []
     for k, s in enumerate(scores):
         if s is not None and (isinstance(s, bool) or not isinstance(s, numbers.Real)):
-            raise TypeError(
+            raise RewardTypeError(
                 f"reward function '{name}': score {k} is {s!r}, expected a number or None"
+                f"{_where(source)}"
             )
         out.append(None if s is None else float(s))
     return out
@@ -100,9 +153,17 @@ def load_callable(spec: str) -> Callable:
             module = _module_from_file(Path(module_name))
         else:
             module = importlib.import_module(module_name)
-        return getattr(module, attr)
+        fn = getattr(module, attr)
     except (ImportError, AttributeError, FileNotFoundError) as err:
-        raise ValueError(f"reward function spec '{spec}': {err}") from err
+        raise RewardError(f"reward function spec '{spec}': {err}") from err
+    except Exception as err:  # the module's own code failed while importing
+        raise RewardError(
+            f"reward function spec '{spec}': importing {module_name} raised "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    if not callable(fn):
+        raise RewardError(f"reward function spec '{spec}': {attr} is not callable")
+    return fn
 
 
 def _module_from_file(path: Path):
@@ -121,12 +182,43 @@ class PythonReward:
     """Wraps a plain callable (or a ``module:function`` spec) and checks what it returns."""
 
     def __init__(self, fn: Callable | str, name: str | None = None) -> None:
+        self.spec = f"fn '{fn}'" if isinstance(fn, str) else ""
         self.fn = load_callable(fn) if isinstance(fn, str) else fn
         self.__name__ = name or getattr(self.fn, "__name__", type(self.fn).__name__)
 
     def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:
-        scores = self.fn(prompts=prompts, completions=completions, **columns)
-        return _check_scores(self.__name__, scores, len(completions))
+        scores = call_reward(self.fn, self.__name__, prompts, completions, columns, self.spec)
+        scores = _as_list(self.__name__, scores, self.spec)
+        return _check_scores(self.__name__, scores, len(completions), self.spec)
+
+
+def call_reward(
+    fn: Callable, name: str, prompts: list, completions: list, columns: Mapping, source: str = ""
+):
+    """``fn(prompts=, completions=, **columns)``; whatever it raises (other than a
+    :class:`RewardError`, already worded) becomes a :class:`RewardError` naming ``name`` and
+    ``source`` (the cause stays chained for ``ALIGN_DEBUG=1``)."""
+    try:
+        return fn(prompts=prompts, completions=completions, **columns)
+    except RewardError:
+        raise
+    except Exception as err:
+        detail = " ".join(str(err).split()) or "(no message)"
+        raise RewardError(
+            f"reward function '{name}'{_where(source)} raised {type(err).__name__}: {detail}"
+        ) from err
+
+
+def _as_list(name: str, raw, source: str = "") -> Sequence:
+    """A reward function's return value as a sequence (tensors and arrays via ``tolist``)."""
+    if hasattr(raw, "tolist") and not isinstance(raw, str | bytes):
+        raw = raw.tolist()
+    if not isinstance(raw, Sequence) or isinstance(raw, str | bytes):
+        raise RewardTypeError(
+            f"reward function '{name}' returned {type(raw).__name__}, expected a list of "
+            f"numbers (one per completion){_where(source)}"
+        )
+    return raw
 
 
 class LocalRewardModel:
@@ -171,6 +263,8 @@ class LocalRewardModel:
         (:func:`read_score_stats`).
         """
         stats = read_score_stats(path) if normalize else None
+        require_safetensors(path)
+        # lazy: transformers' Auto classes (~2 s) stay off 'align eval gsb --help' (via eval.judges)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -235,27 +329,26 @@ ON_INVALID = ("error", "drop")
 
 
 def check_scores(
-    name: str, raw: Sequence, expected: int, on_invalid: str = "error"
+    name: str, raw: Sequence, expected: int, on_invalid: str = "error", source: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The bad-score policy, in one place: ``(scores [N] float32, valid [N] bool)``.
 
-    Wrong count, or a value that is neither a number nor None: always an error naming the source.
-    None / NaN / ±inf: an error naming the source and the samples (``on_invalid="error"``), or,
-    with ``"drop"``, the sample is marked invalid (its score set to 0) for the caller to drop.
+    Wrong count, or a value that is neither a number nor None: always a :class:`RewardError`
+    naming the source (``name``, and ``source``: its ``rewards[k]`` spec when known).
+    None / NaN / ±inf: such an error naming the samples (``on_invalid="error"``), or, with
+    ``"drop"``, the sample is marked invalid (its score set to 0) for the caller to drop.
     """
     if on_invalid not in ON_INVALID:
         raise ValueError(f"on_invalid: expected one of {ON_INVALID}, got {on_invalid!r}")
-    if hasattr(raw, "tolist"):  # a tensor or an array
-        raw = raw.tolist()
-    if not isinstance(raw, Sequence) or isinstance(raw, str | bytes):
-        raise TypeError(f"reward function '{name}' returned {type(raw).__name__}, expected a list")
-    values = _check_scores(name, raw, expected)
+    raw = _as_list(name, raw, source)
+    values = _check_scores(name, raw, expected, source)
     valid = [v is not None and math.isfinite(v) for v in values]
     bad = [k for k, ok in enumerate(valid) if not ok]
     if bad and on_invalid == "error":
-        raise ValueError(
+        raise RewardError(
             f"reward function '{name}' returned None/NaN/inf for samples {bad[:10]} "
-            f"(e.g. {raw[bad[0]]!r}); set on_invalid: drop on this reward to drop such samples"
+            f"(e.g. {raw[bad[0]]!r}){_where(source)}; expected a finite number for every "
+            "sample, or set on_invalid: drop on this reward to drop such samples"
         )
     scores = torch.tensor([v if ok else 0.0 for v, ok in zip(values, valid)], dtype=torch.float32)
     return scores, torch.tensor(valid, dtype=torch.bool)
@@ -267,6 +360,7 @@ class WeightedReward:
 
     ``on_invalid``: ``"error"`` or ``"drop"`` (see :func:`check_scores`). ``normalize``: z-score
     this component over the batch's kept samples before weighting ("normalise then sum").
+    ``source``: where it was configured (``"rewards[0]: type python, fn 'f.py:g'"``), for errors.
     """
 
     name: str
@@ -274,6 +368,7 @@ class WeightedReward:
     weight: float
     on_invalid: str = "error"
     normalize: bool = False
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.on_invalid not in ON_INVALID:
@@ -283,12 +378,34 @@ class WeightedReward:
 @dataclass
 class RewardScores:
     """``total [N]`` (0 for dropped samples), raw ``parts`` per component (before normalisation
-    and weights), ``kept [N]`` bool, and ``dropped`` — samples each component invalidated."""
+    and weights), ``kept [N]`` bool, and ``dropped`` — samples each component invalidated.
+
+    A dropped sample's total and parts are placeholders (0 where its source gave no number):
+    average them with :func:`kept_mean` (or :meth:`means`), never a plain ``mean()``.
+    """
 
     total: torch.Tensor
     parts: dict[str, torch.Tensor]
     kept: torch.Tensor
     dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_dropped(self) -> int:
+        """Samples dropped by any component."""
+        return int((~self.kept).sum())
+
+    def means(self) -> dict[str, float]:
+        """``{"score": mean total, <name>: mean raw part, ...}`` over the kept samples only
+        (NaN when none is kept)."""
+        out = {"score": kept_mean(self.total, self.kept)}
+        out.update({name: kept_mean(part, self.kept) for name, part in self.parts.items()})
+        return out
+
+
+def kept_mean(values: torch.Tensor, kept: torch.Tensor) -> float:
+    """Mean of ``values [N]`` over the samples where ``kept [N]`` (bool) is True; NaN if none."""
+    n = int(kept.sum())
+    return float(values[kept].double().sum() / n) if n else float("nan")
 
 
 def _zscore(x: torch.Tensor, kept: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -321,8 +438,8 @@ def score_rewards(
     kept = torch.ones(n, dtype=torch.bool)
     parts, dropped = {}, {}
     for r in rewards:
-        raw = r.fn(prompts=prompts, completions=completions, **columns)
-        parts[r.name], valid = check_scores(r.name, raw, n, r.on_invalid)
+        raw = call_reward(r.fn, r.name, prompts, completions, columns, r.source)
+        parts[r.name], valid = check_scores(r.name, raw, n, r.on_invalid, r.source)
         dropped[r.name] = int((~valid).sum())
         kept &= valid
     total = torch.zeros(n, dtype=torch.float32)
@@ -345,15 +462,12 @@ def combine_rewards(
     normalize: str = "none",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(total [N], parts)`` of :func:`score_rewards`; dropped samples score 0 here, so callers
-    that honour drops use :func:`score_rewards` and its ``kept`` mask."""
+    that honour drops, or average scores, use :func:`score_rewards` and its ``kept`` mask."""
     out = score_rewards(rewards, prompts, completions, columns, normalize)
     return out.total, out.parts
 
 
 # ------------------------------------------------------------------ config
-
-COMMON_KEYS = {"type", "weight", "name", "on_invalid", "normalize"}
-
 
 def _python_source(spec: dict, stored: bool):
     return PythonReward(spec.pop("fn"))
@@ -367,8 +481,6 @@ def _model_source(spec: dict, stored: bool):
 
 
 def _http_source(spec: dict, stored: bool):
-    from rm.remote import RemoteRewardModel
-
     token = spec.pop("token", None)
     env = spec.pop("token_env", None)
     if env is not None:
@@ -379,58 +491,42 @@ def _http_source(spec: dict, stored: bool):
 
 
 def _rule_source(spec: dict, stored: bool):
-    from rm.rules import make_rule
-
     return make_rule(spec.pop("rule"), **spec)
 
 
-SOURCES: dict[str, tuple[Callable[[dict, bool], Callable], set[str]]] = {
-    "python": (_python_source, {"fn"}),
-    "model": (
-        _model_source,
-        {"path", "chat_format", "batch_size", "max_length", "trust_remote_code"},
-    ),
-    "http": (
-        _http_source,
-        {"url", "token", "token_env", "batch_size", "timeout", "retries", "backoff", "columns"},
-    ),
-    "rule": (_rule_source, {"rule", "max_chars", "min_chars", "coef", "pattern", "penalty"}),
+SOURCES: dict[str, Callable[[dict, bool], Callable]] = {
+    "python": _python_source,
+    "model": _model_source,
+    "http": _http_source,
+    "rule": _rule_source,
 }
-REQUIRED = {"python": "fn", "model": "path", "http": "url", "rule": "rule"}
 
 
-def _from_spec(k: int, spec: dict) -> WeightedReward:
-    spec = dict(spec)
-    kind = spec.get("type")
-    if kind not in SOURCES:
-        raise ValueError(f"rewards[{k}].type: expected one of {sorted(SOURCES)}, got {kind!r}")
-    build, keys = SOURCES[kind]
-    unknown = set(spec) - keys - COMMON_KEYS
-    if unknown:
-        raise ValueError(f"rewards[{k}]: unknown keys {sorted(unknown)} for type {kind}")
-    if REQUIRED[kind] not in spec:
-        raise ValueError(f"rewards[{k}].{REQUIRED[kind]}: required for type {kind}")
-    common = {key: spec.pop(key) for key in COMMON_KEYS if key in spec}
-    normalize = common.get("normalize", False)
-    allowed = (False, True, "stored", "batch") if kind == "model" else (False, "batch")
-    if normalize not in allowed:
-        raise ValueError(
-            f"rewards[{k}].normalize: expected one of {allowed} for type {kind}, got {normalize!r}"
-        )
-    fn = build(spec, normalize in (True, "stored"))
-    name = common.get("name") or getattr(fn, "__name__", f"reward_{k}")
+def _from_spec(k: int, entry: RewardSpec | Mapping, on_invalid: str) -> WeightedReward:
+    spec = as_spec(k, entry)
+    source = spec.describe(k)
+    try:
+        fn = SOURCES[spec.type](spec.options(), spec.normalize in (True, "stored"))
+    except ValueError as err:  # worded by the source; say which entry it was
+        raise RewardError(f"rewards[{k}] (type {spec.type}): {err}") from err
+    if isinstance(fn, PythonReward):
+        fn.spec = source
     return WeightedReward(
-        name,
+        spec.name or getattr(fn, "__name__", f"reward_{k}"),
         fn,
-        float(common.get("weight", 1.0)),
-        on_invalid=common.get("on_invalid", "error"),
-        normalize=normalize == "batch",
+        spec.weight,
+        on_invalid=spec.on_invalid or on_invalid,
+        normalize=spec.normalize == "batch",
+        source=source,
     )
 
 
-def rewards_from_config(specs: list[dict]) -> list[WeightedReward]:
-    """``rewards:`` config entries → components. Every entry has ``type`` and optional ``weight``
-    (1.0), ``name``, ``on_invalid`` (``error`` | ``drop``) and ``normalize``:
+def rewards_from_config(
+    specs: Sequence[RewardSpec | Mapping], on_invalid: str = "error"
+) -> list[WeightedReward]:
+    """``rewards:`` config entries (:class:`~rm.spec.RewardSpec`, or mappings of its fields) →
+    components. Every entry has ``type`` and optional ``weight`` (1.0), ``name``, ``on_invalid``
+    (``error`` | ``drop``; unset = the ``on_invalid`` argument) and ``normalize``:
 
     - ``{type: python, fn: 'pkg.mod:f' | 'path/file.py:f'}``
     - ``{type: model, path: DIR, chat_format: hf, batch_size: 16, max_length: 1024,
@@ -440,11 +536,13 @@ def rewards_from_config(specs: list[dict]) -> list[WeightedReward]:
     - ``{type: rule, rule: tiny | mcq | length | format, ...options}`` (see :mod:`rm.rules`)
 
     ``normalize: batch`` (any type) z-scores that component over the batch before weighting.
-    Component names must be unique (they name the logged ``reward/<name>`` metrics).
+    Component names must be unique (they name the logged ``reward/<name>`` metrics). A single
+    mapping (``--rewards '{type: rule, rule: tiny}'``) counts as a list of one. Mistakes are
+    :class:`RewardError` naming the entry and the field.
     """
-    out = [_from_spec(k, spec) for k, spec in enumerate(specs)]
+    out = [_from_spec(k, spec, on_invalid) for k, spec in enumerate(as_specs(specs))]
     names = [r.name for r in out]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise ValueError(f"rewards: duplicate names {duplicated}; give each a distinct name")
+        raise RewardError(f"rewards: duplicate names {duplicated}; give each a distinct name")
     return out

@@ -16,7 +16,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bt_loss", "info_nce_loss", "irl_loss", "token_bt_loss", "ufrm_loss"]
+__all__ = [
+    "bt_loss",
+    "info_nce_loss",
+    "irl_loss",
+    "mask_lengths",
+    "token_bt_loss",
+    "ufrm_loss",
+]
 
 
 def bt_loss(
@@ -36,6 +43,11 @@ def irl_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     scores above 0 and rejected scores below it, anchoring the absolute scale.
     """
     return -(F.logsigmoid(chosen.float()) + F.logsigmoid(-rejected.float())).mean()
+
+
+def mask_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """``[N]`` int64 lengths of right-padded ``[N, T]`` masks of any dtype (non-zero = token)."""
+    return (mask != 0).sum(1)
 
 
 def _hold_last(values: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -62,8 +74,11 @@ def token_bt_loss(
     mean over pairs. Past its own end a sequence holds its last value (its reward) **[P]**
     where DeepSpeed-Chat reads whatever the model outputs on pad tokens. Identical pairs
     (no differing token) contribute ``log 2`` at their last position.
+
+    The masks may be of any dtype (bool, integer or float): a position counts where the mask is
+    non-zero.
     """
-    c_len, r_len = chosen_mask.sum(1), rejected_mask.sum(1)
+    c_len, r_len = mask_lengths(chosen_mask), mask_lengths(rejected_mask)
     width = int(max(chosen_ids.shape[1], rejected_ids.shape[1]))
     positions = torch.arange(width, device=chosen_ids.device)
     c_ids = F.pad(chosen_ids, (0, width - chosen_ids.shape[1]), value=-1)

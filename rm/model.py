@@ -8,7 +8,23 @@ model is simply that reward model.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+from align.core.models import check_model_dir
+from align.core.tensors import gather_last
+
+
+def require_safetensors(path: str | Path, field: str = "model") -> Path:
+    """``path`` when it is a model directory with safetensors weights; else a one-line user
+    error naming ``field`` and the directory (:func:`align.core.models.check_model_dir`).
+
+    Pickled weights (``pytorch_model.bin``) can run arbitrary code when unpickled, so reward
+    models are only ever loaded with ``use_safetensors=True``, after this check; the pickle
+    file is never opened.
+    """
+    return check_model_dir(path, field)
 
 
 def score_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -42,13 +58,12 @@ def token_scores(
 def last_token_scores(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """``[B]`` float32 scores read at the last attended token of right-padded ``[B, T]`` inputs.
+    """``[B]`` float32 scores read at the last attended token of right-padded ``[B, T]`` inputs
+    (``attention_mask`` of any dtype: bool, integer or float).
 
     The head is applied here rather than trusting the model's own pooling, which finds the last
     token by ``input_ids != pad_token_id`` and so misses an EOS that shares the pad id.
     """
     model = _unwrap_peft(model)
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    last = attention_mask.sum(dim=1) - 1
-    h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    return score_head(model)(h_last)[:, 0].float()
+    return score_head(model)(gather_last(hidden, attention_mask))[:, 0].float()

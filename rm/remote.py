@@ -20,6 +20,7 @@ Protocol (served by ``align rm serve``, see :mod:`rm.server`; any service speaki
 
 The client sends ``batch_size`` samples per request; it retries connection errors, timeouts and
 5xx answers ``retries`` times with exponential backoff, and then raises :class:`RemoteRewardError`
+(a :class:`rm.errors.RewardError`, which the command line reports as one line with exit status 2)
 naming the URL and the last failure. 4xx answers are not retried: 401 says the token was missing or
 wrong, other 4xx carry the server's reason.
 """
@@ -30,10 +31,12 @@ import json
 from collections.abc import Sequence
 
 from align.core.http import HTTPExhausted, HTTPRejected, request_json
+from rm.errors import RewardError
 
 
-class RemoteRewardError(RuntimeError):
-    """A remote reward model could not be reached or refused the request (names the URL)."""
+class RemoteRewardError(RewardError):
+    """A remote reward model could not be reached (after its retries) or refused the request;
+    names the URL. A :class:`~rm.errors.RewardError`: one line and exit status 2 at the CLI."""
 
 
 class RemoteRewardModel:

@@ -2,7 +2,9 @@
 
 - :func:`mcq_match` — FinanceIQ-style multiple choice: 1 when the option letter the completion
   chooses equals the ``answer`` column (A–D; several letters for multi-answer items), else 0;
-  ``None`` when the row has no answer (the item is not a multiple-choice item).
+  ``None`` when the row has no answer (the item is not a multiple-choice item). The completion
+  is read by :func:`align.core.answers.extract_choice`, the same reader the MCQ evaluator
+  (``eval.mcq``) scores with, so the policy is rewarded exactly as it is judged.
 - :class:`LengthPenalty` — ``-coef · max(0, len - target)`` in characters (or a band
   ``[min_chars, max_chars]`` outside which every character costs ``coef``).
 - :class:`FormatPenalty` — ``-penalty`` when the completion does not fully match a regex.
@@ -14,13 +16,10 @@ Config: ``{type: rule, rule: mcq | length | format | tiny, ...}`` (see :func:`ma
 
 from __future__ import annotations
 
+import importlib
 import re
 
-_OPTION = re.compile(
-    r"(?:答案|answer|选择|选项|正确答案)\s*(?:是|为|:|：|is)?\s*[:：]?\s*[（(]?\s*([A-D]+)",
-    re.IGNORECASE,
-)
-_LONE_LETTERS = re.compile(r"^\s*[（(]?([A-D]+)[)）]?\s*(?:[.。、:：]|$)")
+from align.core.answers import extract_choice, normalise_key
 
 
 def _text(completion) -> str:
@@ -28,32 +27,24 @@ def _text(completion) -> str:
     return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
-def extract_choice(text: str) -> str | None:
-    """The option letters a completion chooses, sorted (``"答案：B"`` → ``"B"``), or None.
-
-    An explicit "答案/answer ..." marker wins (the last one); otherwise a completion that starts
-    with the letters (``"B. 因为..."``, ``"(AC)"``).
-
-    >>> extract_choice("分析……所以答案是 C")
-    'C'
-    """
-    marked = _OPTION.findall(text)
-    if marked:
-        return "".join(sorted(set(marked[-1].upper())))
-    lone = _LONE_LETTERS.match(text)
-    return "".join(sorted(set(lone.group(1).upper()))) if lone else None
-
-
 def mcq_match(prompts: list, completions: list, answer: list, **_: object) -> list[float | None]:
     """1.0 when the chosen option(s) equal the ``answer`` column, 0.0 otherwise; None where the
-    row has no answer."""
+    row has no answer.
+
+    A one-letter key is matched as the evaluator matches it (``extract_choice(text)``: an answer
+    naming several letters chooses nothing); a key of several letters (``"AC"``, ``"A、C"``) is
+    matched against the sorted set of letters the completion names (``multi=True``), so
+    ``"答案：CA"`` earns 1 for the key ``"AC"`` and ``"答案：A"`` earns 0. A key holding anything
+    but A–D raises ValueError naming it.
+    """
     out: list[float | None] = []
     for completion, want in zip(completions, answer, strict=True):
         if want is None or str(want).strip() == "":
             out.append(None)
             continue
-        got = extract_choice(_text(completion))
-        out.append(float(got == "".join(sorted(set(str(want).strip().upper())))))
+        key = normalise_key(want)
+        got = extract_choice(_text(completion), multi=len(key) > 1)
+        out.append(float(got == key))
     return out
 
 
@@ -96,9 +87,9 @@ class FormatPenalty:
 
 
 def _tiny():
-    from rm.functions import load_callable
-
-    return load_callable("align.tiny.reward:tiny_world_reward")
+    # The tiny world's reward lives in align.tiny (orchestration, layer 3): loaded by name at use,
+    # so that rm never imports the layers above it.
+    return importlib.import_module("align.tiny.reward").tiny_world_reward
 
 
 RULES = {

@@ -6,9 +6,11 @@ to ``max_batch`` samples; a larger request is scored alone), in a thread so the 
 accepting connections. Each request gets its own scores back, in its own order.
 
 Guards: request bodies over ``max_request_bytes`` → 413; more than ``max_items`` samples → 413;
-malformed JSON or fields → 400 with the reason; a configured token must come as
-``Authorization: Bearer <token>`` (compared in constant time) → else 401. Non-finite scores are
-sent as ``null``. Binds 127.0.0.1 unless told otherwise.
+malformed JSON or fields → 400 with the reason, including JSON that is not strict (``NaN``,
+``Infinity``, numbers that overflow to ±inf) or nested deeper than :data:`MAX_DEPTH` levels; a
+configured token must come as ``Authorization: Bearer <token>`` (compared in constant time) → else
+401. Non-finite scores are sent as ``null``. Binds 127.0.0.1 unless told otherwise (``align rm
+serve`` refuses another interface without a token unless ``--allow_unauthenticated``).
 """
 
 import asyncio
@@ -16,6 +18,7 @@ import hmac
 import json
 import math
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 
@@ -27,6 +30,54 @@ class BadRequest(ValueError):
         self.status = status
 
 
+#: Deepest JSON nesting a request may have (a conversation in a request is 4 levels deep).
+MAX_DEPTH = 32
+#: Names the scorer takes as keywords of its own, so no metadata column may use them.
+RESERVED_COLUMNS = ("prompts", "completions")
+
+
+def _reject_constant(name: str):
+    raise BadRequest(f"malformed JSON: {name} is not a JSON number (use null)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRequest(f"malformed JSON: the number {text[:40]} overflows a double")
+    return value
+
+
+def _depth(value, limit: int) -> int:
+    """Nesting depth of a decoded JSON value, counted iteratively up to ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def decode_json(body: bytes, max_depth: int = MAX_DEPTH):
+    """Strict JSON: no ``NaN``/``Infinity``, no number overflowing to ±inf, at most ``max_depth``
+    nested arrays/objects; anything else is a :class:`BadRequest` (400) saying why."""
+    try:
+        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise BadRequest(f"malformed JSON: nested deeper than {max_depth} levels") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        if isinstance(err, BadRequest):
+            raise
+        raise BadRequest(f"malformed JSON: {err}") from None
+    if _depth(value, max_depth) > max_depth:
+        raise BadRequest(f"malformed JSON: nested deeper than {max_depth} levels")
+    return value
+
+
 def _check_texts(name: str, values) -> None:
     if not isinstance(values, list):
         raise BadRequest(f"'{name}' must be a list")
@@ -34,7 +85,10 @@ def _check_texts(name: str, values) -> None:
         if isinstance(v, str):
             continue
         ok = isinstance(v, list) and all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) for m in v
+            isinstance(m, dict)
+            and isinstance(m.get("content"), str)
+            and isinstance(m.get("role"), str)
+            for m in v
         )
         if not ok:
             raise BadRequest(
@@ -44,10 +98,7 @@ def _check_texts(name: str, values) -> None:
 
 def parse_request(body: bytes, max_items: int) -> tuple[list, list, dict, object]:
     """``(prompts, completions, metadata, id)`` of a ``/score`` body, or :class:`BadRequest`."""
-    try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise BadRequest(f"malformed JSON: {err}") from None
+    request = decode_json(body)
     if not isinstance(request, dict):
         raise BadRequest("the body must be a JSON object")
     unknown = set(request) - {"prompts", "completions", "metadata", "id"}
@@ -64,6 +115,8 @@ def parse_request(body: bytes, max_items: int) -> tuple[list, list, dict, object
     if not isinstance(metadata, dict):
         raise BadRequest("'metadata' must be an object of columns")
     for key, column in metadata.items():
+        if key in RESERVED_COLUMNS:
+            raise BadRequest(f"metadata may not have a column named '{key}'")
         if not isinstance(column, list) or len(column) != len(prompts):
             raise BadRequest(f"metadata '{key}' must be a list of {len(prompts)} values")
     return prompts, completions, metadata, request.get("id")
@@ -199,10 +252,8 @@ def create_app(
     info: dict | None = None,
 ):
     """A FastAPI app serving ``score`` (a TRL ``reward_funcs`` callable)."""
-    from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI, Request  # lazy: fastapi loads only to serve
+    from fastapi.responses import JSONResponse  # lazy: as above
 
     stats = Stats(extra=dict(info or {}))
     batcher = Batcher(score, max_batch, stats)
@@ -251,6 +302,6 @@ def create_app(
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
     """Run ``app`` with uvicorn until interrupted."""
-    import uvicorn
+    import uvicorn  # lazy: uvicorn loads only to serve
 
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -14,43 +14,65 @@ injected, and injecting it after the backbone makes the second view cost almost 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
-from datasets import Dataset
-from transformers import TrainerCallback
+from accelerate import PartialState
+from datasets import Dataset, concatenate_datasets
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    TrainerCallback,
+)
+from transformers.trainer_callback import ProgressCallback
 from trl import RewardConfig, RewardTrainer
 
 from align.core.chat_formats import get_chat_format
+from align.core.config import TRAINER_RANGES, check_ranges, config_to_yaml, load_config
 from align.core.config import help_field as _help
 from align.core.data import load_records, messages_of
-from rm.losses import bt_loss, info_nce_loss, irl_loss, token_bt_loss, ufrm_loss
+from align.core.distributed import plain_ddp_without_cuda
+from align.core.tensors import gather_last
+from rm.losses import (
+    bt_loss,
+    info_nce_loss,
+    irl_loss,
+    token_bt_loss,
+    ufrm_loss,
+)
+from rm.model import last_token_scores, require_safetensors, score_head
 
 logger = logging.getLogger(__name__)
 
 SCORE_STATS = "score_stats.json"
 
 
-def _launched_without_cuda() -> bool:
-    """Started as one of several plain-DDP processes (``accelerate launch``, torchrun) with no
-    CUDA; DeepSpeed sets up its own process group and is left alone."""
-    import os
-
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return several and not deepspeed and not torch.cuda.is_available()
-
-
 @dataclass
 class UFRMConfig(RewardConfig):
     """Every knob of ``align rm train`` / ``recipes/ufrm.py``: TRL's ``RewardConfig`` plus the
-    UFRM terms and the two stages. ``[S]`` marks values a XuanYuan report states."""
+    UFRM terms and the two stages. ``[S]`` marks values a XuanYuan report states. Every TRL /
+    transformers field is accepted too (``--help`` lists them after the UFRM ones)."""
 
+    config_trl_base: ClassVar[type] = RewardConfig  # --show_config prints its changed fields
+    config_ranges: ClassVar[dict] = TRAINER_RANGES
+    config_hidden: ClassVar[tuple[str, ...]] = ("resume_from_checkpoint",)
+    config_removed: ClassVar[dict[str, str]] = dict.fromkeys(
+        ("resume_from", "resume_from_checkpoint"),
+        "not supported: UFRM stages save no checkpoints to resume from (train again into a "
+        "fresh output_dir)",
+    )
+
+    output_dir: str = _help(
+        "Run directory: stage1/, stage2/, config.yaml, summary.json, report.md.", "runs/ufrm"
+    )
     model: str | None = _help(
         "Sequence-classification backbone (directory); none = the tiny world's reward model.", None
     )
@@ -58,46 +80,42 @@ class UFRMConfig(RewardConfig):
         "Stage-1 (general) preference records; none = the tiny world's prefs.", None
     )
     eval_data: list[str] = _help(
-        "Held-out preference files evaluated after each stage (alignment rates).", None
+        "Held-out preference files evaluated after each stage (alignment rates).", factory=list
     )
     stage2_data: str | None = _help(
         "Stage-2 (financial) preference records; none = one stage only [S: two stages].", None
     )
     stage2_learning_rate: float | None = _help(
-        "Stage-2 learning rate; none = 0.5 × learning_rate.", None
+        "Stage-2 learning rate; none = 0.5 × learning_rate.", None, ge=0
     )
-    stage2_epochs: float | None = _help("Stage-2 epochs; none = num_train_epochs.", None)
+    stage2_epochs: float | None = _help("Stage-2 epochs; none = num_train_epochs.", None, gt=0)
     replay_share: float = _help(
         "Share of the stage-2 training set drawn from stage-1 data (0 = none; 0.1-0.2 suggested).",
         0.0,
+        ge=0,
+        lt=1,
     )
     chat_format: str = _help("Chat format the conversations are rendered with.", "hf")
-    irl_weight: float = _help("λ_IRL, weight of the inverse-RL discriminator term.", 0.5)
-    cl_weight: float = _help("λ_CL, weight of the SimCSE contrastive term.", 0.1)
-    cl_temperature: float = _help("InfoNCE temperature τ [SimCSE: 0.05].", 0.05)
-    cl_dropout: float = _help("Dropout injected on h_last for the two SimCSE views.", 0.1)
-    cl_proj_dim: int = _help("Width of the SimCSE projection (0 = the hidden size).", 0)
+    irl_weight: float = _help("λ_IRL, weight of the inverse-RL discriminator term.", 0.5, ge=0)
+    cl_weight: float = _help("λ_CL, weight of the SimCSE contrastive term.", 0.1, ge=0)
+    cl_temperature: float = _help("InfoNCE temperature τ [SimCSE: 0.05].", 0.05, gt=0)
+    cl_dropout: float = _help(
+        "Dropout injected on h_last for the two SimCSE views.", 0.1, ge=0, lt=1
+    )
+    cl_proj_dim: int = _help("Width of the SimCSE projection (0 = the hidden size).", 0, ge=0)
     token_level: bool = _help(
         "Token-level BT from the first differing token instead of last-token BT [S option].", False
     )
     use_margin: bool = _help("Subtract a record's `margin` inside the BT term when present.", True)
-    eval_batch_size: int = _help("Pairs per forward when scoring (stats, evaluation).", 16)
+    eval_batch_size: int = _help("Pairs per forward when scoring (stats, evaluation).", 16, ge=1)
 
     def __post_init__(self) -> None:
-        if self.eval_data is None:
-            self.eval_data = []
-        for name in ("irl_weight", "cl_weight", "cl_dropout", "replay_share", "cl_proj_dim"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
-        if not self.cl_dropout < 1:
-            raise ValueError(f"cl_dropout: expected < 1, got {self.cl_dropout}")
-        if not self.replay_share < 1:
-            raise ValueError(f"replay_share: expected < 1, got {self.replay_share}")
-        if self.cl_temperature <= 0:
-            raise ValueError(f"cl_temperature: expected > 0, got {self.cl_temperature}")
+        check_ranges(self)
+        if self.resume_from_checkpoint is not None:
+            raise ValueError(f"resume_from_checkpoint: {self.config_removed['resume_from']}")
         if self.bf16 is None and not torch.cuda.is_available():
             self.bf16 = False  # TRL resolves an unset bf16 to True, which a CPU cannot train in
-        if _launched_without_cuda() and not self.use_cpu and not self.deepspeed:
+        if plain_ddp_without_cuda() and not self.use_cpu and not self.deepspeed:
             # without it every launched process sets itself up as rank 0 of 1 and trains alone;
             # use_cpu makes the processes one gloo group (DDP), as align ppo does
             logger.info("several processes and no CUDA: use_cpu=True (gloo process group)")
@@ -113,27 +131,11 @@ class UFRMConfig(RewardConfig):
         cls, config: str | Path | None = None, overrides: list[str] = ()
     ) -> UFRMConfig:
         """YAML file (optional) then ``--field value`` overrides; unknown fields are errors."""
-        from align.core.config import values_from_sources
-
-        return cls(**{"output_dir": "runs/ufrm", **values_from_sources(cls, config, overrides)})
+        return load_config(cls, config, overrides)
 
     def to_yaml(self) -> str:
         """The UFRM fields and the TRL fields that differ from their defaults."""
-        import dataclasses
-
-        import yaml
-
-        base = {f.name for f in dataclasses.fields(RewardConfig)}
-        out = {}
-        for f in dataclasses.fields(self):
-            if not f.init:
-                continue
-            value = getattr(self, f.name)
-            if f.name in base and f.name != "output_dir" and value == f.default:
-                continue
-            plain = isinstance(value, int | float | str | list | type(None))
-            out[f.name] = value if plain else str(value)
-        return yaml.safe_dump(out, allow_unicode=True, sort_keys=False)
+        return config_to_yaml(self)
 
 
 # --------------------------------------------------------------------------- data
@@ -198,12 +200,6 @@ def encode_pairs(
 # --------------------------------------------------------------------------- trainer
 
 
-def _last_hidden(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[B, H]`` hidden state at the last attended token of right-padded ``[B, T, H]``."""
-    last = mask.sum(1) - 1
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-
-
 class UFRMTrainer(RewardTrainer):
     """``RewardTrainer`` with the UFRM loss. Extra per-term metrics are logged like TRL's."""
 
@@ -249,7 +245,7 @@ class UFRMTrainer(RewardTrainer):
         return info_nce_loss(view_a, view_b, self.args.cl_temperature)
 
     def _bt_term(self, scores, inputs, margin, n) -> torch.Tensor:
-        rewards = _last_scores(scores, inputs["attention_mask"])
+        rewards = gather_last(scores, inputs["attention_mask"])
         if not self.args.token_level:
             return bt_loss(rewards[:n], rewards[n:], margin)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -264,11 +260,11 @@ class UFRMTrainer(RewardTrainer):
         # per-token scores [2N, T] from the head's input (the model pools by pad id; we by mask)
         scores = _score_head(self.accelerator.unwrap_model(model))(hidden)[..., 0].float()
         n = scores.shape[0] // 2
-        rewards = _last_scores(scores, mask)
+        rewards = gather_last(scores, mask)
         terms = {"bt": self._bt_term(scores, inputs, margin, n)}
         if self.args.irl_weight:
             terms["irl"] = irl_loss(rewards[:n], rewards[n:])
-        cl = self._cl_term(_last_hidden(hidden, mask), n)
+        cl = self._cl_term(gather_last(hidden, mask), n)
         if cl is not None:
             terms["cl"] = cl
         loss = ufrm_loss(
@@ -298,15 +294,8 @@ class UFRMTrainer(RewardTrainer):
 
 
 def _score_head(model: torch.nn.Module) -> torch.nn.Module:
-    from rm.model import score_head
-
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return score_head(inner)
-
-
-def _last_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    last = mask.sum(1) - 1
-    return scores[torch.arange(scores.shape[0], device=scores.device), last]
 
 
 # --------------------------------------------------------------------------- scoring, saving
@@ -315,8 +304,6 @@ def _last_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def score_encoded(model, dataset: Dataset, pad_id: int, batch_size: int = 16) -> tuple[list, list]:
     """Chosen and rejected scores of an encoded pair dataset, in eval mode."""
-    from rm.model import last_token_scores
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -353,12 +340,17 @@ def save_reward_model(model, tokenizer, out: Path, stats: dict) -> None:
 
 
 def load_reward_model(path: str | Path):
-    """``AutoModelForSequenceClassification(num_labels=1)`` + tokenizer from a directory."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    """``AutoModelForSequenceClassification(num_labels=1)`` + tokenizer from a directory.
 
+    Weights load from safetensors only: a directory holding just ``pytorch_model.bin`` is refused
+    (:func:`rm.model.require_safetensors`), since unpickling can run arbitrary code.
+    """
+    require_safetensors(path)
     config = AutoConfig.from_pretrained(path)
     config.num_labels = 1
-    model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, use_safetensors=True
+    )
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -368,8 +360,6 @@ def load_reward_model(path: str | Path):
 
 def _mix_replay(stage2: Dataset, stage1: Dataset, share: float, seed: int) -> Dataset:
     """Stage-2 set with ``share`` of its final size drawn (without replacement) from stage 1."""
-    from datasets import concatenate_datasets
-
     if not share:
         return stage2
     n_replay = min(len(stage1), round(share * len(stage2) / (1 - share)))
@@ -381,8 +371,6 @@ def _mix_replay(stage2: Dataset, stage1: Dataset, share: float, seed: int) -> Da
 
 
 def _stage_args(config: UFRMConfig, stage: int, out: Path) -> UFRMConfig:
-    import dataclasses
-
     changes = {"output_dir": str(out), "save_strategy": "no", "disable_dropout": True}
     if stage == 2:
         changes["learning_rate"] = config.stage2_learning_rate or 0.5 * config.learning_rate
@@ -407,8 +395,6 @@ def train_stage(
     and saves, and the others wait until the directory is complete. ``progress`` replaces the
     Trainer's own tqdm bar.
     """
-    from transformers.trainer_callback import ProgressCallback
-
     args = _stage_args(config, stage, out)
     trainer = UFRMTrainer(
         model=model,
@@ -438,8 +424,6 @@ def train_stage(
 
 def _evaluate_on_main(evaluate_fn, model_dir: Path) -> dict | None:
     """``evaluate_fn(model_dir)`` on the main process only; every process waits for it."""
-    from accelerate import PartialState
-
     state = PartialState()
     result = evaluate_fn(model_dir) if state.is_main_process else None
     state.wait_for_everyone()

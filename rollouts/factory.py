@@ -13,7 +13,8 @@
   ``retry_backoff_s``, ``startup_timeout_s``, ``weight_sync``, ``sync_address``, ``sync_port``,
   ``server_workers``, ``weights_dir``) and, when starting one, the ``vllm`` options above.
 
-Unknown options raise ``ValueError`` naming them.
+Unknown options raise ``ValueError`` naming them. Commands build engines from their typed
+:class:`~rollouts.config.RolloutConfig` with :func:`engine_from_config`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from rollouts.base import RolloutEngine
+from rollouts.config import ENGINES, WEIGHT_SYNC, RolloutConfig, ServerOptions, VLLMOptions
+from rollouts.hf_generate import GenerateEngine
+from rollouts.vllm_engine import VLLMEngine, eos_ids_of
+from rollouts.vllm_server import VLLMServerEngine
 
-ENGINES = ("hf", "vllm", "vllm-server")
-WEIGHT_SYNC = ("auto", "nccl", "gloo", "file")  # how a vllm-server engine receives weights
+__all__ = ["ENGINES", "WEIGHT_SYNC", "engine_from_config", "engine_options", "make_engine"]
 
 
 def _split_options(options: dict, *classes: type) -> list[dict]:
@@ -43,16 +48,12 @@ def _split_options(options: dict, *classes: type) -> list[dict]:
 
 
 def _load_model(path: str | Path) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
     if not Path(path, "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
     return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
 
 
 def _hf(model_or_path, tokenizer, **options) -> RolloutEngine:
-    from rollouts.hf_generate import GenerateEngine
-
     batch_size = options.pop("batch_size", None)
     if options:
         raise ValueError(f"unknown engine options {sorted(options)} for hf (only batch_size)")
@@ -64,8 +65,6 @@ def _hf(model_or_path, tokenizer, **options) -> RolloutEngine:
 
 
 def _vllm(model_or_path, tokenizer, **options) -> RolloutEngine:
-    from rollouts.vllm_engine import VLLMEngine, VLLMOptions, eos_ids_of
-
     (vllm_options,) = _split_options(options, VLLMOptions)
     opts = VLLMOptions(**vllm_options)
     if isinstance(model_or_path, torch.nn.Module):
@@ -74,9 +73,6 @@ def _vllm(model_or_path, tokenizer, **options) -> RolloutEngine:
 
 
 def _vllm_server(model_or_path, tokenizer, **options) -> RolloutEngine:
-    from rollouts.vllm_engine import VLLMOptions, eos_ids_of
-    from rollouts.vllm_server import ServerOptions, VLLMServerEngine
-
     server_options, vllm_options = _split_options(options, ServerOptions, VLLMOptions)
     opts = ServerOptions(**server_options)
     if opts.url is not None:
@@ -94,3 +90,25 @@ def make_engine(kind: str, model_or_path, tokenizer, **options) -> RolloutEngine
     if kind not in _BUILDERS:
         raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {kind!r}")
     return _BUILDERS[kind](model_or_path, tokenizer, **options)
+
+
+def engine_options(rollout: RolloutConfig, seed: int) -> dict:
+    """The :func:`make_engine` options of ``rollout.engine`` from its typed config (a vLLM seed
+    left unset is ``seed``)."""
+    if rollout.engine == "hf":
+        return dataclasses.asdict(rollout.hf)
+    vllm = dataclasses.asdict(rollout.vllm)
+    vllm["seed"] = seed if vllm["seed"] is None else vllm["seed"]
+    if rollout.engine == "vllm":
+        return vllm
+    server = {k: v for k, v in dataclasses.asdict(rollout.server).items() if v is not None}
+    return server if rollout.server.url else {**vllm, **server}
+
+
+def engine_from_config(
+    rollout: RolloutConfig, model_or_path, tokenizer, seed: int, **changes
+) -> RolloutEngine:
+    """The engine ``rollout`` describes; ``changes`` replace options (e.g. a resolved dtype)."""
+    return make_engine(
+        rollout.engine, model_or_path, tokenizer, **{**engine_options(rollout, seed), **changes}
+    )

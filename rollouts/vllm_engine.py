@@ -21,88 +21,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rollouts.base import FinishReason, RolloutBatch, SamplingParams
+from rollouts.config import CPU_KV_CACHE_BYTES, VLLMOptions  # noqa: F401  (re-exported)
 from rollouts.weight_sync import exported
-
-# On the CPU backend ``gpu_memory_utilization`` is a fraction of *host* memory; a shared box
-# cannot spare 30% of it, so without CUDA the KV cache gets this fixed size unless one is given.
-CPU_KV_CACHE_BYTES = 512 * 2**20
-
-
-@dataclass(frozen=True)
-class VLLMOptions:
-    """What users tune on a colocated vLLM engine."""
-
-    gpu_memory_utilization: float = 0.3
-    tensor_parallel_size: int = 1
-    max_model_len: int | None = None
-    dtype: str = "auto"
-    enable_sleep_mode: bool = False
-    kv_cache_memory_bytes: int | None = None
-    seed: int = 0
-    enforce_eager: bool | None = None  # None: True on CPU (vLLM's CPU backend needs it)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(
-                f"gpu_memory_utilization: expected in (0, 1], got {self.gpu_memory_utilization}"
-            )
-        if self.tensor_parallel_size < 1:
-            raise ValueError(
-                f"tensor_parallel_size: expected >= 1, got {self.tensor_parallel_size}"
-            )
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ValueError(f"max_model_len: expected >= 2 or None, got {self.max_model_len}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(
-                f"dtype: expected auto, float32, bfloat16 or float16, got {self.dtype!r}"
-            )
-        if self.enable_sleep_mode and not torch.cuda.is_available():
-            raise ValueError("enable_sleep_mode: vLLM's sleep mode needs a CUDA GPU")
-
-    def llm_kwargs(self) -> dict:
-        """Keyword arguments of ``vllm.LLM`` besides the model."""
-        from rollouts.vllm_logprobs import LOGPROBS_MODE, PROCESSOR
-
-        cuda = torch.cuda.is_available()
-        kwargs = {
-            "dtype": self.dtype,
-            "seed": self.seed,
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "max_model_len": self.max_model_len,
-            "enable_sleep_mode": self.enable_sleep_mode,
-            "enforce_eager": (not cuda) if self.enforce_eager is None else self.enforce_eager,
-            "logprobs_mode": LOGPROBS_MODE,
-            "logits_processors": [PROCESSOR],
-            "generation_config": "vllm",  # the checkpoint's sampling defaults never apply
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "kv_cache_memory_bytes": self.kv_cache_memory_bytes
-            or (None if cuda else CPU_KV_CACHE_BYTES),
-        }
-        return kwargs
-
-    def colocated_kwargs(self) -> dict:
-        """:meth:`llm_kwargs` for an engine inside the training process(es): with several
-        training processes each one runs its own replica of the engine in its own process
-        (vLLM's ``external_launcher``); alone, a tensor-parallel engine starts its workers."""
-        from rollouts.vllm_worker_ext import EXTENSION
-
-        kwargs = {**self.llm_kwargs(), "worker_extension_cls": EXTENSION}
-        processes = int(os.environ.get("WORLD_SIZE", "1"))
-        if processes > 1:
-            if self.tensor_parallel_size > 1:
-                raise ValueError(
-                    "tensor_parallel_size > 1 for a vLLM engine inside several training "
-                    "processes is not supported; use one engine per process "
-                    "(tensor_parallel_size: 1) or a vLLM server with tensor parallelism"
-                )
-            kwargs["distributed_executor_backend"] = "external_launcher"
-        return kwargs
 
 
 @contextlib.contextmanager
@@ -183,7 +108,7 @@ class VLLMEngine:
         options: VLLMOptions | None = None,
         owned_dir: Path | None = None,
     ) -> None:
-        from vllm import LLM
+        from vllm import LLM  # lazy: vllm is optional
 
         self.options = options or VLLMOptions()
         self.eos_token_ids = (
@@ -244,7 +169,7 @@ class VLLMEngine:
     def generate(
         self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams, n: int = 1
     ) -> RolloutBatch:
-        from vllm import SamplingParams as VSamplingParams
+        from vllm import SamplingParams as VSamplingParams  # lazy: vllm is optional
 
         check_prompts(prompt_token_ids)
         params = VSamplingParams(

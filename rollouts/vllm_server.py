@@ -37,16 +37,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from align.core.http import HTTPExhausted, HTTPRejected, request_json
 from rollouts.base import RolloutBatch, SamplingParams
-from rollouts.factory import WEIGHT_SYNC
+from rollouts.config import ServerOptions, VLLMOptions  # noqa: F401  (re-exported)
 from rollouts.vllm_engine import (
-    VLLMOptions,
     check_prompts,
     cpu_workers_env,
     eos_ids_of,
@@ -60,35 +58,6 @@ class ServerUnavailable(ConnectionError):
     """The vLLM server did not answer (after the configured retries)."""
 
 
-@dataclass(frozen=True)
-class ServerOptions:
-    """How to reach (or start) the server."""
-
-    url: str | None = None
-    timeout_s: float = 300.0
-    max_retries: int = 2
-    retry_backoff_s: float = 1.0
-    startup_timeout_s: float = 300.0
-    weight_sync: str = "auto"
-    sync_address: str = "127.0.0.1"  # where the server's workers reach this trainer
-    sync_port: int | None = None  # None: a free port
-    server_workers: int | None = None  # None: the tensor parallel size of a launched server, or 1
-    weights_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url: expected http(s)://host:port, got {self.url!r}")
-        if self.weight_sync not in WEIGHT_SYNC:
-            raise ValueError(
-                f"weight_sync: expected one of {', '.join(WEIGHT_SYNC)}, got {self.weight_sync!r}"
-            )
-        for name in ("timeout_s", "startup_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: expected > 0, got {getattr(self, name)}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries: expected >= 0, got {self.max_retries}")
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -97,7 +66,7 @@ def free_port() -> int:
 
 def transfer_backend(weight_sync: str) -> str | None:
     """The server's ``--weight-transfer-config`` backend for a ``weight_sync`` choice."""
-    from rollouts.weight_transfer import GLOO, auto_backend
+    from rollouts.weight_transfer import GLOO, auto_backend  # lazy: imports vllm
 
     return {"auto": auto_backend(), "nccl": "nccl", "gloo": GLOO, "file": None}[weight_sync]
 
@@ -107,7 +76,7 @@ def server_command(
 ) -> list[str]:
     """The command :meth:`VLLMServerEngine.launch` runs (also what to run by hand, with
     ``VLLM_SERVER_DEV_MODE=1`` in the environment and ``--host`` as needed)."""
-    from rollouts.vllm_worker_ext import EXTENSION
+    from rollouts.vllm_worker_ext import EXTENSION  # lazy: imports vllm
 
     kw = options.llm_kwargs()
     cmd = [
@@ -332,7 +301,7 @@ class VLLMServerEngine:
 
     def _weight_broadcaster(self):
         if self._broadcaster is None:
-            from rollouts.weight_transfer import WeightBroadcaster
+            from rollouts.weight_transfer import WeightBroadcaster  # lazy: imports vllm
 
             # a server without the routes fails here, not inside a rendezvous that waits
             self._dev_route("/is_paused", method="GET")

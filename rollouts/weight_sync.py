@@ -21,13 +21,14 @@ layers, which re-packs from the new values. Nothing is re-allocated beyond one l
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+
+from align.core.io import atomic_path
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -60,7 +61,7 @@ def gathered(model: torch.nn.Module):
     if not params:
         yield
         return
-    import deepspeed
+    import deepspeed  # lazy: deepspeed is optional (ZeRO-3 runs only)
 
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         yield
@@ -68,7 +69,7 @@ def gathered(model: torch.nn.Module):
 
 def _lora_deltas(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``{parameter name of a LoRA layer's base weight: ΔW of its active adapters}``."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: peft only for LoRA models
 
     deltas = {}
     for name, module in model.named_modules():
@@ -105,21 +106,15 @@ def exported(model: torch.nn.Module):
 
 def save_weights(weights: Iterable[tuple[str, torch.Tensor]], directory: Path) -> Path:
     """One safetensors file of ``weights`` in ``directory``, written atomically."""
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in weights}
-    fd, tmp = tempfile.mkstemp(prefix=".weights.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    save_file(tensors, tmp)
     final = directory / WEIGHTS_FILE
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        save_file(tensors, str(tmp))
     return final
 
 
 def load_saved_weights(path: str | Path) -> list[tuple[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
     return list(load_file(str(path)).items())
 
 
@@ -128,7 +123,7 @@ def load_saved_weights(path: str | Path) -> list[tuple[str, torch.Tensor]]:
 
 def _packed_linear_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Linear layers whose weight the CPU backend moved into a packed copy (empty ``weight``)."""
-    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod  # lazy: vllm optional
 
     return [
         m
@@ -141,7 +136,7 @@ def _packed_linear_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def _restore_weight_parameter(layer: torch.nn.Module) -> None:
     """Give a packed linear layer back a full-size weight Parameter with its weight loader."""
-    from vllm.model_executor.layers.linear import WEIGHT_LOADER_V2_SUPPORTED
+    from vllm.model_executor.layers.linear import WEIGHT_LOADER_V2_SUPPORTED  # lazy: vllm optional
 
     method = layer.quant_method
     v2 = type(method).__name__ in WEIGHT_LOADER_V2_SUPPORTED
@@ -158,6 +153,7 @@ def _restore_weight_parameter(layer: torch.nn.Module) -> None:
 
 def _repack(model: torch.nn.Module) -> None:
     """Re-run the CPU packing of linear and embedding layers from their current weights."""
+    # lazy: vllm is optional (this side runs inside the vLLM worker)
     from vllm.model_executor.layers.linear import UnquantizedLinearMethod
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 

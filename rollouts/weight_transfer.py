@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 import torch
+from torch.distributed import PrefixStore, ProcessGroupGloo, TCPStore
 from vllm.distributed.weight_transfer.base import (
     ParamMeta,
     TrainerInitInfo,
@@ -34,6 +35,13 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferInitInfo,
     WeightTransferUpdateInfo,
 )
+from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+from vllm.distributed.weight_transfer.nccl_engine import (
+    NCCLTrainerInitInfo,
+    NCCLTrainerWeightTransferEngine,
+)
+
+from rollouts.weight_sync import loading_in_place
 
 GLOO = "align_gloo"
 BACKENDS = ("nccl", GLOO)
@@ -49,8 +57,6 @@ def join_gloo_group(
     address: str, port: int, rank: int, world_size: int, timeout_s: float
 ) -> torch.distributed.ProcessGroup:
     """A gloo group outside ``torch.distributed``'s default one; rank 0 hosts the rendezvous."""
-    from torch.distributed import PrefixStore, ProcessGroupGloo, TCPStore
-
     timeout = timedelta(seconds=timeout_s)
     store = TCPStore(address, port, world_size, is_master=rank == 0, timeout=timeout)
     return ProcessGroupGloo(PrefixStore(_STORE_PREFIX, store), rank, world_size, timeout)
@@ -115,8 +121,6 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         )
 
     def start_weight_update(self) -> None:
-        from rollouts.weight_sync import loading_in_place
-
         self._loading = loading_in_place(self.model)
         self._loading.__enter__()
 
@@ -143,8 +147,6 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
 
 def register_worker_engine() -> None:
     """Make ``--weight-transfer-config '{"backend": "align_gloo"}'`` known to vLLM (idempotent)."""
-    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
-
     if GLOO not in WeightTransferEngineFactory._registry:
         WeightTransferEngineFactory.register_engine(GLOO, GlooWeightTransferEngine)
 
@@ -287,11 +289,6 @@ class WeightBroadcaster:
                 info, client=client, source=self.source
             )
         else:
-            from vllm.distributed.weight_transfer.nccl_engine import (
-                NCCLTrainerInitInfo,
-                NCCLTrainerWeightTransferEngine,
-            )
-
             info = NCCLTrainerInitInfo(master_address, master_port, world_size, rank=0)
             self.engine = NCCLTrainerWeightTransferEngine.trainer_init(
                 info, client=client, source=self.source

@@ -1,27 +1,40 @@
 """The ``align`` command line.
 
-User errors (bad input files, bad options) print one line and exit with status 2; set
-``ALIGN_DEBUG=1`` to see the traceback instead.
+Every command that runs from a config (``ppo``, ``pei``, ``filter``, ``sft``, ``pretrain``,
+``rm train|eval|serve``, ``eval gsb|mcq``, ``data bucket``, ``tiny build``) is generated from its
+config dataclass (:mod:`align.cli.config_command`): ``--config FILE.yaml``, one option per field
+(``--rollout.vllm.dtype bfloat16``), ``--show_config``; ``--help`` lists every field.
+
+User errors (bad input files, bad options, a bad config) print one line and exit with status 2;
+set ``ALIGN_DEBUG=1`` to see the traceback instead.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
 from rich.table import Table
 
-import align.cli.serve  # noqa: F401  (registers align rm serve)
 from align import __version__
 from align.cli.bucket import data_bucket
-from align.cli.common import USER_ERRORS, console, err_console, progress_bar
-from align.cli.eval import eval_app
+from align.cli.common import USER_ERRORS, WRITE_ERRNOS, console, err_console, progress_bar
+from align.cli.config_command import LAUNCH_EXTRAS, Extra, Invocation, config_command
+from align.cli.eval import eval_app, gsb_command, mcq_command
 from align.cli.filter import filter_command
-from align.cli.launch import ACCELERATE_CONFIG, NUM_PROCESSES, relaunch_if_asked
+from align.cli.launch import relaunch
 from align.cli.pei import pei
-from align.cli.rm import rm_app
+from align.cli.recipes import pretrain_command, sft_command
+from align.cli.rm import rm_app, rm_eval_command, rm_train_command
+from align.cli.serve import serve_command
+from align.core.config import ConfigWarning
+from align.core.quiet import VERBOSE_HELP, apply_quiet, verbose_from_env, verbose_requested
 
 app = typer.Typer(
     help="align: RLHF alignment toolkit (PPO with four models, UFRM reward models, PEI loops).",
@@ -34,9 +47,7 @@ data_app = typer.Typer(help="Check and inspect data files.", no_args_is_help=Tru
 app.add_typer(tiny_app, name="tiny")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
-data_app.command("bucket")(data_bucket)
 app.add_typer(rm_app, name="rm")
-
 
 
 def _version(value: bool) -> None:
@@ -50,26 +61,29 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """align: RLHF alignment toolkit."""
+    if verbose:  # main() saw it already; this covers the app invoked without main()
+        apply_quiet(verbose=True)
 
 
-@tiny_app.command("build")
-def tiny_build(
-    out: Path | None = typer.Option(
-        None, help="Where to build; default $ALIGN_CACHE/tiny-world (~/.cache/align/tiny-world)."
-    ),
-    force: bool = typer.Option(False, help="Rebuild even when a matching build is cached."),
-    seed: int = typer.Option(0, help="Seed of the data generator and of training."),
-) -> None:
-    """Build the tiny world (data, tokenizer, SFT policy, reward backbone), or reuse the cache."""
-    from align.tiny.build import TinyWorldConfig, build_tiny_world
+def _tiny_world_config() -> type:
+    from align.tiny.build import TinyWorldConfig  # lazy: loads datasets; keeps 'align --help' fast
+
+    return TinyWorldConfig
+
+
+def run_tiny_build(cfg, invocation: Invocation) -> None:
+    """Build the tiny world (or reuse the cache) and show its before/after-SFT table."""
+    from align.tiny.build import build_tiny_world  # lazy: as in _tiny_world_config
 
     stages = iter(range(1, 100))
+    out = invocation.extras["out"]
     world, built = build_tiny_world(
-        out,
-        TinyWorldConfig(seed=seed),
-        force=force,
+        Path(out) if out else None,
+        cfg,
+        force=invocation.extras["force"],
         on_stage=lambda s: console.print(f"[bold cyan][{next(stages)}/6][/] {s}"),
     )
     manifest = world.manifest
@@ -80,6 +94,25 @@ def tiny_build(
         soft_wrap=True,
     )
     console.print(_format_table(manifest))
+
+
+tiny_build = config_command(
+    "build",
+    _tiny_world_config,
+    run_tiny_build,
+    help="Build the tiny world (data, tokenizer, SFT policy, reward backbone), or reuse the "
+    "cache. Every TinyWorldConfig field is an option; changing one changes the cache key.",
+    path=["tiny", "build"],
+    extras=(
+        Extra(
+            "out",
+            "Where to build; default $ALIGN_CACHE/tiny-world (~/.cache/align/tiny-world).",
+            click.Path(file_okay=False),
+        ),
+        Extra("force", "Rebuild even when a matching build is cached.", is_flag=True,
+              default=False),  # fmt: skip
+    ),
+)
 
 
 def _format_table(manifest: dict) -> Table:
@@ -103,26 +136,16 @@ def _format_table(manifest: dict) -> Table:
     return table
 
 
-@app.command("ppo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def ppo(
-    ctx: typer.Context,
-    config: str | None = typer.Option(
-        None, help="YAML config file, or 'tiny' for the shipped tiny-world config."
-    ),
-    show_config: bool = typer.Option(False, help="Print the resolved config and exit."),
-    num_processes: int | None = NUM_PROCESSES,
-    accelerate_config: Path | None = ACCELERATE_CONFIG,
-) -> None:
-    """PPO with actor, reference, critic and reward functions. Any PPOConfig field can be
-    overridden as --field value (e.g. --beta 0.1 --total_steps 20)."""
-    from align.ppo.config import PPOConfig
+def _ppo_config() -> type:
+    from align.ppo.config import PPOConfig  # lazy: loads torch; keeps 'align --help' fast
 
-    cfg = PPOConfig.from_sources(config, ctx.args)
-    args = ["ppo", *(["--config", config] if config else []), *ctx.args]
-    relaunch_if_asked(args, num_processes, accelerate_config)
-    if show_config:
-        console.print(cfg.to_yaml(), markup=False, highlight=False)
-        return
+    return PPOConfig
+
+
+def run_ppo_command(cfg, invocation: Invocation) -> None:
+    """Re-launch if asked, then train with a progress bar and report the held-out score."""
+    relaunch(invocation)
+    # lazy: transformers and the trainer load only to train (keeps 'align --help' fast)
     from transformers.utils import logging as hf_logging
 
     from align.ppo.run import build_trainer, close_engine
@@ -154,10 +177,31 @@ def ppo(
     console.print(f"run directory: {trainer.out}", soft_wrap=True)
 
 
-app.command("filter")(filter_command)
-app.command("pei", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-    pei
+ppo = config_command(
+    "ppo",
+    _ppo_config,
+    run_ppo_command,
+    help="PPO with actor, reference, critic and reward functions. Every PPOConfig field is an "
+    "option (e.g. --beta 0.1 --total_steps 20 --rollout.engine vllm); --config tiny is the "
+    "shipped tiny-world config.",
+    extras=LAUNCH_EXTRAS,
 )
+
+#: The generated commands and the group (by its path of words) each belongs to.
+GENERATED: list[tuple[tuple[str, ...], click.Command]] = [
+    ((), ppo),
+    ((), pei),
+    ((), filter_command),
+    ((), sft_command),
+    ((), pretrain_command),
+    (("rm",), rm_train_command),
+    (("rm",), rm_eval_command),
+    (("rm",), serve_command),
+    (("eval",), gsb_command),
+    (("eval",), mcq_command),
+    (("data",), data_bucket),
+    (("tiny",), tiny_build),
+]
 
 
 @data_app.command("validate")
@@ -166,10 +210,13 @@ def data_validate(
     kind: str = typer.Option(..., help="Record kind: prompts, prefs, sft or mcq."),
     max_errors: int = typer.Option(20, help="How many errors to list at most."),
 ) -> None:
-    """Check a data file against a record contract; exit 2 when any row is invalid."""
-    from align.core.data import validate
+    """Check a data file against a record contract; exit 2 when any row is invalid or the file
+    has no records."""
+    from align.core.data import validate  # lazy: loads datasets; keeps 'align --help' fast
 
     report = validate(path, kind, max_errors=max_errors)
+    if report.n_rows == 0:
+        raise ValueError(f"{path}: the file has no records (expected {kind} records)")
     if not report.ok:
         for error in report.errors:
             err_console.print(str(error), markup=False, highlight=False)
@@ -195,6 +242,7 @@ def data_financeiq_prefs(
 ) -> None:
     """FinanceIQ MCQs → preference pairs: chosen names the correct option, rejected a wrong one
     (one pair per wrong option), category = the exam (file stem)."""
+    # lazy: these load datasets, kept off 'align --help'
     from align.core.data import write_jsonl
     from align.core.pref_data import financeiq_prefs
 
@@ -205,16 +253,113 @@ def data_financeiq_prefs(
         console.print(f"left out {count}: {reason}", markup=False, highlight=False)
 
 
-def main() -> None:
-    """Console entry point: one line and exit 2 for user errors (click handles usage errors)."""
+def _write_error_message(error: OSError) -> str:
+    """A failed write (read-only, full): the file and the reason, without the errno prefix."""
+    reason = error.strerror or str(error)
+    where = f" {error.filename}" if error.filename else ""
+    return f"cannot write{where}: {reason}"
+
+
+def cli() -> click.Group:
+    """The whole ``align`` command tree: the typer app plus the generated commands."""
+    root = typer.main.get_command(app)
+    for path, command in GENERATED:
+        group = root
+        for word in path:
+            group = group.commands[word]
+        group.add_command(command)
+    return root
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """An old spelling's warning as one line (``warning: ...``); others as Python shows them."""
+    if issubclass(category, ConfigWarning):
+        err_console.print(f"warning: {message}", markup=False, highlight=False)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
+def _fail(message: str) -> int:
+    message = " ".join(message.split())
+    err_console.print(f"error: {message}", markup=False, highlight=False)
+    return 2
+
+
+def _click_error(error: Exception) -> int | None:
+    """The exit status for click's own exceptions (typer carries its own copy of click, so
+    they are recognised by shape): help and exits pass through, usage errors are one line."""
+    name = type(error).__name__
+    if name == "NoArgsIsHelpError":
+        error.show()
+        return error.exit_code
+    if name == "Exit" or (name == "Abort" and not hasattr(error, "format_message")):
+        return getattr(error, "exit_code", 1)
+    if hasattr(error, "format_message") and hasattr(error, "exit_code"):
+        if error.exit_code != 2:
+            error.show()
+            return error.exit_code
+        return _fail(error.format_message())
+    return None
+
+
+def _user_error(error: Exception) -> int | None:
+    """Exit status 2 and one line for a user's mistake (and a refused write); None otherwise."""
+    if isinstance(error, USER_ERRORS):
+        return _fail(str(error) or type(error).__name__)
+    if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+        return _fail(_write_error_message(error))
+    return None
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point: one line and exit 2 for user errors, usage errors (an unknown
+    option, a bad value) and a write the output location refuses (read-only, full, over
+    quota). Third-party noise is hidden before any library loads unless --verbose."""
+    args = sys.argv[1:] if args is None else list(args)
+    apply_quiet(verbose_requested(args))
+    _run_click(cli(), args, "align")
+
+
+def run_recipe(
+    script: str,
+    load_class: Callable[[], type],
+    run: Callable[[Any], object],
+    help: str,
+    args: list[str] | None = None,
+    default_config: str | None = None,
+) -> None:
+    """A recipe script's entry point (``recipes/X.py``, already under ``accelerate launch``):
+    the options, ``--help``, ``--show_config`` and one-line errors of the ``align`` commands,
+    for the config class ``load_class()``; ``run(cfg)`` does the work. ``--verbose`` (anywhere)
+    shows third-party output."""
+    args = sys.argv[1:] if args is None else list(args)
+    verbose = "--verbose" in args
+    apply_quiet(verbose or verbose_from_env())  # before the libraries load
+    args = [a for a in args if a != "--verbose"]
+    command = config_command(
+        script,
+        load_class,
+        lambda cfg, invocation: run(cfg),
+        help=help,
+        default_config=default_config,
+    )
+    _run_click(command, args, script)
+
+
+def _run_click(command: click.Command, args: list[str], prog_name: str) -> None:
+    warnings.showwarning = _show_warning
     try:
-        app()
-    except USER_ERRORS as error:
-        if os.environ.get("ALIGN_DEBUG"):
+        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except Exception as error:
+        code = _click_error(error)
+        if code is None and not os.environ.get("ALIGN_DEBUG"):
+            code = _user_error(error)
+        if code is None:
             raise
-        message = " ".join(str(error).split()) or type(error).__name__
-        err_console.print(f"error: {message}", markup=False, highlight=False)
-        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

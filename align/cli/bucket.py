@@ -1,8 +1,6 @@
 """``align data bucket``: compose documents into bucket instances and write per-bucket shards.
 
-Registered by ``align/cli/app.py`` on the ``data`` sub-app::
-
-    data_app.command("bucket")(data_bucket)
+Generated from :class:`DataBucketConfig` and added to the ``data`` group by ``align/cli/app.py``.
 
 Output directory::
 
@@ -13,15 +11,20 @@ Output directory::
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import typer
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
 
+from align.cli.config_command import Invocation, config_command
+from align.core.config import check_ranges, help_field
+from align.core.io import atomic_path, atomic_write_json
+from align.core.outputs import check_output_dir
 from align.pretrain.bucketing import (
-    DEFAULT_BUCKETS,
     BucketConfig,
     Instance,
     bucket_pool,
@@ -32,20 +35,9 @@ from align.pretrain.bucketing import (
 )
 
 
-def parse_buckets(text: str) -> tuple[int, ...]:
-    """``"2048,4096"`` → ``(2048, 4096)``; ``typer.BadParameter`` otherwise."""
-    try:
-        values = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated token counts, got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise typer.BadParameter(f"expected positive token counts, got {text!r}")
-    return values
-
-
 def _documents(docs: Path, tokenizer_dir: Path | None, add_eos: bool) -> tuple[list, list]:
     """Token lists and categories: ``input_ids`` rows as they are, ``text`` rows tokenized."""
-    from align.core.data import DataError, read_table
+    from align.core.data import DataError, read_table  # lazy: loads datasets; off 'align --help'
 
     table = read_table(docs)
     if "input_ids" in table.column_names:
@@ -54,6 +46,7 @@ def _documents(docs: Path, tokenizer_dir: Path | None, add_eos: bool) -> tuple[l
         raise DataError(docs, None, "text", "a 'text' or 'input_ids' column")
     if tokenizer_dir is None:
         raise typer.BadParameter("--tokenizer is needed to tokenize the 'text' column")
+    # lazy: transformers and torch load only to tokenize (keeps 'align --help' fast)
     from transformers import AutoTokenizer
 
     from align.pretrain.run import read_documents
@@ -72,15 +65,12 @@ def _categories(table) -> list[str]:
 
 
 def _write_parquet(rows: list[dict], path: Path) -> None:
+    # lazy: pyarrow loads only to write shards (keeps 'align --help' fast)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_shards(
@@ -105,50 +95,74 @@ def write_shards(
     return {size: len(rows) for size, rows in sorted(by_bucket.items())}
 
 
-def data_bucket(
-    docs: Path = typer.Option(..., help="Documents: {text, category?} or {input_ids, category?}."),
-    out: Path = typer.Option(..., help="Directory for bucket-<L>.parquet shards and metrics.json."),
-    buckets: str = typer.Option(
-        ",".join(map(str, DEFAULT_BUCKETS)), help="Instance lengths, comma-separated."
-    ),
-    pad_threshold: float = typer.Option(0.1, help="Largest padded share before a cut fills it."),
-    pool_size: int = typer.Option(10_000, help="Documents composed together."),
-    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory for a 'text' column."),
-    add_eos: bool = typer.Option(True, help="Append EOS to each tokenized text document."),
-    pad_id: int | None = typer.Option(None, help="Padding id; default the tokenizer's, else 0."),
-) -> None:
+@dataclass
+class DataBucketConfig:
+    """``align data bucket``: documents → bucket instances → per-bucket shards."""
+
+    config_renames: ClassVar[dict[str, str]] = {
+        "buckets": "bucketing.buckets",
+        "pad_threshold": "bucketing.pad_threshold",
+        "pool_size": "bucketing.pool_size",
+    }
+
+    docs: str = field(
+        metadata={"help": "Documents: {text, category?} or {input_ids, category?}."}
+    )
+    out: str = field(
+        metadata={"help": "Directory for bucket-<L>.parquet shards and metrics.json."}
+    )
+    bucketing: BucketConfig = help_field(
+        "Bucket lengths and composition (METHODS §5).", factory=BucketConfig
+    )
+    tokenizer: str | None = help_field("Tokenizer directory for a 'text' column.", None)
+    add_eos: bool = help_field("Append EOS to each tokenized text document.", True)
+    pad_id: int | None = help_field("Padding id; none = the tokenizer's, else 0.", None, ge=0)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def run_data_bucket(cfg: DataBucketConfig, invocation: Invocation) -> None:
     """Compose documents into multi-bucket instances (greedy, METHODS §5); write per-bucket
     shards and the padding / truncation / concatenation ratios beside the fixed-length
     baseline at each bucket length."""
-    from rich.console import Console
-    from rich.progress import track
-
-    cfg = BucketConfig(parse_buckets(buckets), pad_threshold, pool_size)
-    tokens, categories = _documents(docs, tokenizer, add_eos)
+    check_output_dir(cfg.out, "out")  # before reading and tokenizing the documents
+    bucketing, out = cfg.bucketing, Path(cfg.out)
+    tokenizer = Path(cfg.tokenizer) if cfg.tokenizer else None
+    tokens, categories = _documents(Path(cfg.docs), tokenizer, cfg.add_eos)
     lengths = [len(t) for t in tokens]
     plan = []
-    for start in track(range(0, len(lengths), cfg.pool_size), description="bucketing pools"):
-        ids = range(start, min(start + cfg.pool_size, len(lengths)))
-        plan += bucket_pool([lengths[i] for i in ids], ids, cfg)
+    for start in track(range(0, len(lengths), bucketing.pool_size), description="bucketing pools"):
+        ids = range(start, min(start + bucketing.pool_size, len(lengths)))
+        plan += bucket_pool([lengths[i] for i in ids], ids, bucketing)
     check_plan(plan, lengths)
     out.mkdir(parents=True, exist_ok=True)
-    counts = write_shards(plan, tokens, categories, _pad_id(pad_id, tokenizer), out)
+    counts = write_shards(plan, tokens, categories, _pad_id(cfg.pad_id, tokenizer), out)
     report = {
         "bucketed": plan_metrics(plan, len(lengths)).as_dict(),
         "fixed": {
             str(size): plan_metrics(fixed_length_chunks(lengths, size), len(lengths)).as_dict()
-            for size in cfg.buckets
+            for size in bucketing.buckets
         },
         "config": {
-            "buckets": list(cfg.buckets),
-            "pad_threshold": pad_threshold,
-            "pool_size": pool_size,
+            "buckets": list(bucketing.buckets),
+            "pad_threshold": bucketing.pad_threshold,
+            "pool_size": bucketing.pool_size,
         },
     }
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "metrics.json")
+    atomic_write_json(out / "metrics.json", report)
     Console().print(_table(report, counts))
+
+
+data_bucket = config_command(
+    "bucket",
+    lambda: DataBucketConfig,
+    run_data_bucket,
+    help="Compose documents into multi-bucket instances (greedy, METHODS §5); write per-bucket "
+    "shards and the padding / truncation / concatenation ratios beside the fixed-length "
+    "baseline at each bucket length.",
+    path=["data", "bucket"],
+)
 
 
 def _pad_id(pad_id: int | None, tokenizer_dir: Path | None) -> int:
@@ -156,15 +170,13 @@ def _pad_id(pad_id: int | None, tokenizer_dir: Path | None) -> int:
         return pad_id
     if tokenizer_dir is None:
         return 0
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: keeps 'align --help' fast
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
 def _table(report: dict, counts: dict[int, int]):
-    from rich.table import Table
-
     table = Table(title="instances: " + ", ".join(f"{n} × {s}" for s, n in counts.items()))
     for column in ("method", "padding %", "truncation %", "concatenation"):
         table.add_column(column)

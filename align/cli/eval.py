@@ -1,14 +1,22 @@
 """``align eval ...``: GSB win rates of a policy against a baseline, and MCQ exam benchmarks.
 
-Wiring (in ``align/cli/app.py``): ``app.add_typer(eval_app, name="eval")``.
+Wiring (in ``align/cli/app.py``): ``app.add_typer(eval_app, name="eval")`` and the generated
+``gsb`` / ``mcq`` commands added to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from align.cli.config_command import Invocation, config_command
+from align.core.models import check_model_dir
+from align.core.outputs import check_output_dir
 
 eval_app = typer.Typer(
     help="Evaluate policies: GSB win rates per sub-domain, MCQ benchmarks (FinanceIQ layout).",
@@ -19,8 +27,6 @@ eval_app = typer.Typer(
 @contextmanager
 def _progress(description: str, total: int):
     """A rich progress bar; yields ``advance(k)``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -29,122 +35,94 @@ def _progress(description: str, total: int):
         yield lambda k: bar.advance(task, k)
 
 
-def _read_rewards(path: Path | None, reward_model: Path | None) -> list[dict] | None:
-    """Reward specs from a YAML file (a list, or a mapping with a ``rewards:`` list)."""
-    if path is not None and reward_model is not None:
-        raise typer.BadParameter("give --rewards or --reward-model, not both")
-    if reward_model is not None:
-        return [{"type": "model", "path": str(reward_model)}]
-    if path is None:
-        return None
-    import yaml
+def _gsb_config() -> type:
+    from eval.gsb_run import GSBConfig  # lazy: loads torch/transformers; keeps 'align --help' fast
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such rewards file")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    specs = data.get("rewards") if isinstance(data, dict) else data
-    if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
-        raise ValueError(
-            f"{path}: expected a list of reward entries ({{type: ..., ...}}) or a mapping "
-            "with a 'rewards:' list"
-        )
-    return specs
+    return GSBConfig
 
 
-@eval_app.command("gsb")
-def eval_gsb(
-    candidate: Path = typer.Option(..., help="Candidate policy directory (HF format)."),
-    baseline: Path | None = typer.Option(None, help="Baseline policy; default: tiny SFT policy."),
-    prompts: Path | None = typer.Option(
-        None, help="Held-out prompt records with categories; default: tiny world eval prompts."
-    ),
-    judge: str = typer.Option("reward", help="reward or llm."),
-    rewards: Path | None = typer.Option(
-        None, help="YAML list of reward entries (as PPO's rewards:); default: tiny world rule."
-    ),
-    reward_model: Path | None = typer.Option(None, help="Shortcut: one reward model directory."),
-    margin: float = typer.Option(0.0, help="Reward judge: |difference| <= margin is 'same'."),
-    llm_base_url: str = typer.Option("", help="LLM judge: e.g. http://127.0.0.1:8000/v1."),
-    llm_model: str = typer.Option("", help="LLM judge: model name."),
-    api_key_env: str | None = typer.Option(None, help="LLM judge: env variable with the key."),
-    max_new_tokens: int = typer.Option(128, help="Answer length cap."),
-    temperature: float = typer.Option(0.0, help="Sampling temperature (0 = greedy)."),
-    batch_size: int = typer.Option(32, help="Prompts per generate call."),
-    limit: int | None = typer.Option(None, help="First N prompts of each category only."),
-    n_boot: int = typer.Option(2000, help="Bootstrap resamples."),
-    seed: int = typer.Option(0, help="Seed of sampling and bootstrap."),
-    out: Path = typer.Option(Path("runs/eval-gsb"), help="Run directory for the report."),
-) -> None:
+def _mcq_config() -> type:
+    from eval.mcq_run import MCQConfig  # lazy: loads torch; keeps 'align --help' fast
+
+    return MCQConfig
+
+
+def run_eval_gsb(cfg, invocation: Invocation) -> None:
     """Good / same / bad of a candidate policy against a baseline, per sub-domain."""
-    from rich.console import Console
+    from eval.gsb_run import load_prompt_records, run_gsb  # lazy: as in _gsb_config
 
-    from eval.gsb_run import GSBConfig, load_prompt_records, run_gsb
-
-    specs = _read_rewards(rewards, reward_model)
-    if baseline is None or prompts is None:
+    # before the tiny world is built
+    _check_paths(Path(cfg.out), candidate=cfg.candidate, baseline=cfg.baseline)
+    if cfg.baseline is None or cfg.prompts is None:
         world = _tiny_world()
-        baseline = baseline or world.policy
-        prompts = prompts or world.data("eval_prompts")
-    cfg = GSBConfig(
-        candidate=str(candidate), baseline=str(baseline), prompts=str(prompts), judge=judge,
-        margin=margin,
-        llm_base_url=llm_base_url, llm_model=llm_model, api_key_env=api_key_env,
-        max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
-        limit=limit, n_boot=n_boot, seed=seed, out=str(out),
-        **({"rewards": specs} if specs is not None else {}),
-    )  # fmt: skip
+        cfg = dataclasses.replace(
+            cfg,
+            baseline=cfg.baseline or str(world.policy),
+            prompts=cfg.prompts or str(world.data("eval_prompts")),
+        )
     total = 2 * len(load_prompt_records(cfg))
     with _progress("answers", total) as advance:
         result = run_gsb(cfg, on_batch=advance)
     console = Console()
     console.print(result.report.to_markdown(), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"report: {out / 'report.md'}", markup=False, soft_wrap=True)
+    console.print(f"report: {Path(cfg.out) / 'report.md'}", markup=False, soft_wrap=True)
 
 
-@eval_app.command("mcq")
-def eval_mcq(
-    data: Path = typer.Option(..., help="Benchmark folder: <split>/*.csv and dev/*.csv."),
-    shots: int = typer.Option(0, help="Worked dev examples per prompt: 0 or 5 (FinanceIQ)."),
-    split: str = typer.Option("test", help="Question folder under --data (test, dev, ...)."),
-    policy: Path | None = typer.Option(None, help="Policy directory; default: tiny SFT policy."),
-    scoring: str = typer.Option("generate", help="generate, loglik or both."),
-    prompt_format: str = typer.Option("auto", help="chat, raw or auto."),
-    max_new_tokens: int = typer.Option(32, help="Answer length cap (generate)."),
-    max_length: int = typer.Option(2048, help="Prompt token budget (shots dropped past it)."),
-    batch_size: int = typer.Option(16, help="Prompts per call."),
-    limit: int | None = typer.Option(None, help="First N questions of each category only."),
-    out: Path = typer.Option(Path("runs/eval-mcq"), help="Run directory for the report."),
-) -> None:
+def run_eval_mcq(cfg, invocation: Invocation) -> None:
     """Exam accuracy per category, macro and micro averages (FinanceIQ / CMMLU / C-Eval CSVs)."""
-    from rich.console import Console
-
+    # lazy: these load torch/transformers/matplotlib, kept off 'align --help'
     from eval.gsb_run import load_policy
-    from eval.mcq_run import MCQConfig, build_prompts, evaluate_mcq
+    from eval.mcq_run import build_prompts, evaluate_mcq
     from eval.report import mcq_section, write_report
 
+    data, out = Path(cfg.data), Path(cfg.out)
     if not data.is_dir():
-        raise typer.BadParameter(f"{data}: no such benchmark folder", param_hint="--data")
-    cfg = MCQConfig(
-        data=str(data), split=split, shots=shots, scoring=scoring, prompt_format=prompt_format,
-        max_new_tokens=max_new_tokens, max_length=max_length, batch_size=batch_size, limit=limit,
-    )  # fmt: skip
-    total = len(build_prompts(cfg).items) * (2 if scoring == "both" else 1)  # checks the data
-    policy_dir = policy or _tiny_world().policy
-    model, tokenizer = load_policy(str(policy_dir))
+        raise FileNotFoundError(f"data: {data}: no such benchmark folder")
+    _check_paths(out, policy=cfg.policy)
+    total = len(build_prompts(cfg).items) * (2 if cfg.scoring == "both" else 1)  # checks the data
+    policy_dir = cfg.policy or _tiny_world().policy
+    model, tokenizer = load_policy(str(policy_dir), "policy")
     with _progress("questions", total) as advance:
         results = evaluate_mcq(model, tokenizer, cfg, on_batch=advance)
-    setup = {"policy": str(policy_dir), "data": str(data), "split": split, "shots": shots}
+    setup = {"policy": str(policy_dir), "data": str(data), "split": cfg.split, "shots": cfg.shots}
     section = mcq_section(results, out, extra=setup)
-    write_report(out, [section], title=f"MCQ: {data.name}/{split}, {shots}-shot")
+    write_report(out, [section], title=f"MCQ: {data.name}/{cfg.split}, {cfg.shots}-shot")
     console = Console()
     for name, result in results.items():
         console.print(result.to_markdown(f"scoring: {name}"), markup=False, highlight=False)
     console.print(f"report: {out / 'report.md'}", markup=False, soft_wrap=True)
 
 
+gsb_command = config_command(
+    "gsb",
+    _gsb_config,
+    run_eval_gsb,
+    help="Good / same / bad of a candidate policy against a baseline, per sub-domain. Every "
+    "GSBConfig field is an option.",
+    path=["eval", "gsb"],
+)
+mcq_command = config_command(
+    "mcq",
+    _mcq_config,
+    run_eval_mcq,
+    help="Exam accuracy per category, macro and micro averages (FinanceIQ / CMMLU / C-Eval "
+    "CSVs). Every MCQConfig field is an option.",
+    path=["eval", "mcq"],
+)
+
+
+def _check_paths(out: Path, **models: str | Path | None) -> None:
+    """The run directory takes writes and every given model is a safetensors model directory;
+    one line naming the option otherwise (checked before any model or the tiny world loads)."""
+    check_output_dir(out, "out")
+    for name, path in models.items():
+        if path is not None:
+            check_model_dir(path, name)
+
+
 def _tiny_world():
     """The tiny world (built on first use, then cached): the default models and prompts."""
-    from align.tiny.build import build_tiny_world
+    from align.tiny.build import build_tiny_world  # lazy: loads datasets; keeps 'align --help' fast
 
     world, _ = build_tiny_world(None)
     return world

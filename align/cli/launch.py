@@ -1,5 +1,5 @@
-"""``--num-processes`` / ``--accelerate-config`` for the training commands: re-run the same
-command under ``accelerate launch`` (``ppo``, ``pei``, ``rm train``)."""
+"""``--num_processes`` / ``--accelerate_config`` for the training commands: re-run the same
+command under ``accelerate launch`` (``ppo``, ``pei``, ``rm train``, ``sft``, ``pretrain``)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,9 @@ from pathlib import Path
 
 import typer
 
-NUM_PROCESSES = typer.Option(
-    None, help="Re-launch through `accelerate launch` with this many processes."
-)
-ACCELERATE_CONFIG = typer.Option(
-    None, help="Re-launch through `accelerate launch --config_file` (DDP, DeepSpeed)."
-)
-
 
 def relaunch_if_asked(
-    args: list[str], num_processes: int | None, config_file: Path | None
+    args: list[str], num_processes: int | None, config_file: str | Path | None
 ) -> None:
     """When either option is given (and this is not already a launched process), run
     ``align ARGS`` under ``accelerate launch`` and exit with its status."""
@@ -31,3 +24,10 @@ def relaunch_if_asked(
     if num_processes:
         launch += ["--num_processes", str(num_processes)]
     raise typer.Exit(subprocess.run([*launch, "-m", "align.cli", *args]).returncode)
+
+
+def relaunch(invocation) -> None:
+    """:func:`relaunch_if_asked` for a generated command's
+    :class:`~align.cli.config_command.Invocation`."""
+    extras = invocation.extras
+    relaunch_if_asked(invocation.argv, extras.get("num_processes"), extras.get("accelerate_config"))

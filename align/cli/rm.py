@@ -3,36 +3,34 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
-from align.cli.launch import ACCELERATE_CONFIG, NUM_PROCESSES, relaunch_if_asked
+from align.cli.common import console, progress_bar
+from align.cli.config_command import LAUNCH_EXTRAS, Invocation, config_command
+from align.cli.launch import relaunch
+from align.core.config import check_ranges, help_field
 
 rm_app = typer.Typer(help="Reward models: train (UFRM), evaluate, serve.", no_args_is_help=True)
 
 
-@rm_app.command(
-    "train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
-def rm_train(
-    ctx: typer.Context,
-    config: Path | None = typer.Option(None, help="YAML file of UFRMConfig fields."),
-    show_config: bool = typer.Option(False, help="Print the resolved config and exit."),
-    num_processes: int | None = NUM_PROCESSES,
-    accelerate_config: Path | None = ACCELERATE_CONFIG,
-) -> None:
-    """Two-stage UFRM training (BT + inverse-RL + SimCSE). Any UFRMConfig field can be
-    overridden as --field value (e.g. --cl_weight 0 --stage2_data fin.jsonl)."""
-    from align.cli.common import console, progress_bar
-    from rm.ufrm import UFRMConfig
+def _ufrm_config() -> type:
+    from rm.ufrm import UFRMConfig  # lazy: loads trl/peft; keeps 'align --help' fast
 
-    cfg = UFRMConfig.from_sources(config, ctx.args)
-    args = ["rm", "train", *(["--config", str(config)] if config else []), *ctx.args]
-    relaunch_if_asked(args, num_processes, accelerate_config)
-    if show_config:
-        console.print(cfg.to_yaml(), markup=False, highlight=False)
-        return
+    return UFRMConfig
+
+
+def run_rm_train(cfg, invocation: Invocation) -> None:
+    """Check the model's weights, re-launch if asked, train both stages with progress bars."""
+    if cfg.model is not None:  # before any process starts: safetensors weights only
+        from rm.model import require_safetensors  # lazy: loads torch; off 'align --help'
+
+        require_safetensors(cfg.model)
+    relaunch(invocation)
+    # lazy: transformers, trl and peft load only to train (keeps 'align --help' fast)
     from transformers.utils import logging as hf_logging
 
     from align.ufrm.run import StageProgress, run
@@ -43,6 +41,17 @@ def rm_train(
         summary = run(cfg, progress=StageProgress(bar))
     if main:  # under accelerate launch the main process reports
         _report(console, summary)
+
+
+rm_train_command = config_command(
+    "train",
+    _ufrm_config,
+    run_rm_train,
+    help="Two-stage UFRM training (BT + inverse-RL + SimCSE) on TRL's RewardTrainer. Every "
+    "UFRMConfig field is an option, TRL's included (e.g. --cl_weight 0 --stage2_data fin.jsonl).",
+    path=["rm", "train"],
+    extras=LAUNCH_EXTRAS,
+)
 
 
 def _report(console, summary: dict) -> None:
@@ -58,24 +67,44 @@ def _report(console, summary: dict) -> None:
     console.print(f"final reward model: {summary['final']}", markup=False, soft_wrap=True)
 
 
-@rm_app.command("eval")
-def rm_eval(
-    model: Path = typer.Option(..., help="Reward model directory (HF format)."),
-    data: Path = typer.Option(..., help="Preference records (JSONL/Parquet/CSV/dir)."),
-    chat_format: str = typer.Option("hf", help="Chat format the conversations are rendered with."),
-    max_length: int = typer.Option(1024, help="Longer conversations are left-truncated (counted)."),
-    batch_size: int = typer.Option(16, help="Pairs per forward."),
-    bins: int = typer.Option(5, help="Equal-count score bins for accuracy by score."),
-    out: Path | None = typer.Option(None, help="Write the JSON result here (and .md beside it)."),
-) -> None:
+@dataclass
+class RMEvalConfig:
+    """``align rm eval``: a reward model on labelled preference pairs."""
+
+    model: str = field(metadata={"help": "Reward model directory (HF format)."})
+    data: str = field(metadata={"help": "Preference records (JSONL/Parquet/CSV/dir)."})
+    chat_format: str = help_field("Chat format the conversations are rendered with.", "hf")
+    max_length: int = help_field(
+        "Longer conversations are left-truncated (counted).", 1024, ge=1
+    )
+    batch_size: int = help_field("Pairs per forward.", 16, ge=1)
+    bins: int = help_field("Equal-count score bins for accuracy by score.", 5, ge=1)
+    out: str | None = help_field("Write the JSON result here (and .md beside it).", None)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def run_rm_eval(cfg: RMEvalConfig, invocation: Invocation) -> None:
     """Alignment rate per category and overall, margin, reward scale, accuracy by score bin."""
-    from rich.console import Console
+    from rm.evaluate import evaluate_reward_model, to_markdown, write_report  # lazy: trl/peft
 
-    from rm.evaluate import evaluate_reward_model, to_markdown, write_report
-
+    model = Path(cfg.model)
     if not model.is_dir():
-        raise FileNotFoundError(f"{model}: no such reward model directory")
-    result = evaluate_reward_model(model, data, chat_format, max_length, batch_size, bins)
+        raise FileNotFoundError(f"model: {model}: no such reward model directory")
+    result = evaluate_reward_model(
+        model, cfg.data, cfg.chat_format, cfg.max_length, cfg.batch_size, cfg.bins
+    )
     Console().print(to_markdown(result), markup=False, highlight=False, soft_wrap=True)
-    if out is not None:
+    if cfg.out is not None:
+        out = Path(cfg.out)
         write_report(result, out, out.with_suffix(".md"))
+
+
+rm_eval_command = config_command(
+    "eval",
+    lambda: RMEvalConfig,
+    run_rm_eval,
+    help="Alignment rate per category and overall, margin, reward scale, accuracy by score bin.",
+    path=["rm", "eval"],
+)

@@ -1,15 +1,24 @@
-"""PPO math as pure, typed, tensor-in/tensor-out functions (layer 0: imports torch only).
+"""PPO math as pure, typed, tensor-in/tensor-out functions (layer 0: imports torch and
+:mod:`align.core.tensors` only).
 
 Conventions: ``B`` = batch, ``T`` = response length, ``V`` = vocabulary. ``mask`` is a bool or
 0/1 float tensor ``[B, T]`` marking valid response tokens; responses are right-padded, so each
 row is a prefix mask. Every function gives the same result whatever the values at masked
 positions (NaN and inf included), and outputs at masked positions are 0 unless stated. No
-function here calls ``.item()``, logs, or touches ``torch.distributed``: trainers orchestrate.
+function here calls ``.item()``, logs, or touches ``torch.distributed``: trainers orchestrate
+(statistics over several processes come in through a ``reduce`` callback the trainer supplies).
+
+Log-ratios are clamped to ``[-MAX_LOG_RATIO, MAX_LOG_RATIO]`` (20, as in verl's policy loss and
+the k3 estimators of verl and OpenRLHF) before they are exponentiated: ``exp(89)`` is already
+``inf`` in float32, and ``0 * inf`` in the backward pass then turns a finite loss into a NaN
+gradient. Beyond the bound the clamped value is constant, so its gradient is 0.
 
 Contents
     masked_sum, masked_mean, masked_var, masked_whiten   masked reductions and whitening
+    masked_moments                                       mean and variance, over processes too
     kl_k1, kl_k2, kl_k3, KL_ESTIMATORS, kl_penalty       per-token KL estimators
-    last_token_index, shape_rewards                      per-token rewards: -beta*KL + score
+    shape_rewards                                        per-token rewards: -beta*KL + score
+    last_token_index                                     (from align.core.tensors)
     gae                                                  generalised advantage estimation
     policy_loss, value_loss, aggregate                   clipped PPO losses and token averaging
     entropy_from_logits, logprobs_from_logits            float32 log-softmax helpers
@@ -37,8 +46,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from align.core.tensors import last_token_index
+
 __all__ = [
     "KL_ESTIMATORS",
+    "MAX_LOG_RATIO",
     "AdaptiveKLController",
     "FixedKLController",
     "RunningMoments",
@@ -52,6 +64,7 @@ __all__ = [
     "last_token_index",
     "logprobs_from_logits",
     "masked_mean",
+    "masked_moments",
     "masked_sum",
     "masked_var",
     "masked_whiten",
@@ -60,6 +73,12 @@ __all__ = [
     "value_loss",
 ]
 
+#: Bound on |log-ratio| before ``exp`` (verl's policy loss and verl/OpenRLHF k3 use 20).
+MAX_LOG_RATIO = 20.0
+
+#: Sums a tensor over every shard of the data (e.g. an all-reduce across processes); same
+#: shape and dtype out as in.
+Reduce = Callable[[Tensor], Tensor]
 
 # --------------------------------------------------------------------------- masked reductions
 
@@ -98,26 +117,55 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked_sum(x, mask, dim) / _count(x, mask, dim).clamp(min=1)
 
 
+def masked_moments(
+    x: Tensor, mask: Tensor, unbiased: bool = True, reduce: Reduce | None = None
+) -> tuple[Tensor, Tensor]:
+    """Mean and variance of the valid elements of ``x``, of this shard or of all shards.
+
+    Shapes: ``x`` [B, T], ``mask`` [B, T] -> ``(mean, var)``, scalars of ``x``'s dtype. Two
+    passes (the variance sums squared deviations from the mean, no ``E[x^2] - E[x]^2``
+    cancellation). ``unbiased`` divides by ``n - 1`` (Bessel), the divisor clamped at 1: one
+    valid element, or none, gives variance 0; none gives mean 0.
+
+    ``reduce`` (see :data:`Reduce`) makes the moments those of the union of every shard's valid
+    elements: it is called on ``[sum, count]`` and then on the sum of squared deviations from
+    the global mean, so every shard must call this function at the same point. None = this
+    shard alone.
+    """
+    total, n = masked_sum(x, mask), _count(x, mask)
+    if reduce is not None:
+        total, n = reduce(torch.stack([total, n])).to(x).unbind()
+    mean = total / n.clamp(min=1)
+    sq = masked_sum((x - mean) ** 2, mask)
+    if reduce is not None:
+        sq = reduce(sq).to(x)
+    return mean, sq / (n - 1 if unbiased else n).clamp(min=1)
+
+
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     """Variance of ``x`` over all valid elements (scalar).
 
     Shapes: ``x`` [B, T], ``mask`` [B, T] -> scalar. ``unbiased`` divides by ``n - 1`` (Bessel),
     with the divisor clamped at 1, so one valid element gives 0 and none gives 0.
     """
-    mean = masked_mean(x, mask)
-    sq = masked_sum((x - mean) ** 2, mask)
-    n = _count(x, mask)
-    return sq / (n - 1 if unbiased else n).clamp(min=1)
+    return masked_moments(x, mask, unbiased)[1]
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(
+    x: Tensor,
+    mask: Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    reduce: Reduce | None = None,
+) -> Tensor:
     """Whiten ``x`` with the mean and (unbiased) variance of its valid elements.
 
     Shapes: ``x`` [B, T], ``mask`` [B, T] -> [B, T]. Returns ``(x - mean) / sqrt(var + eps)``,
     plus ``mean`` again when ``shift_mean`` is False (rescale only); 0 at masked positions.
+    With ``reduce`` the mean and variance are those of every shard's valid elements (global
+    whitening across processes, see :func:`masked_moments`).
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    mean, var = masked_moments(x, mask, unbiased=True, reduce=reduce)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -147,9 +195,11 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """k3 = ``exp(logp_ref - logp) - (logp_ref - logp) - 1``: unbiased, always >= 0.
 
     Shapes: [B, T], [B, T] -> [B, T] (elementwise, any shape). Uses ``expm1`` so values near
-    ``logp == logp_ref`` keep their precision.
+    ``logp == logp_ref`` keep their precision. ``logp_ref - logp`` is clamped to
+    ``[-MAX_LOG_RATIO, MAX_LOG_RATIO]`` first, so the value and its gradient stay finite (the
+    value is not capped further: verl and OpenRLHF also clamp it to [-10, 10], we do not).
     """
-    log_ratio = ref_logprobs - logprobs
+    log_ratio = (ref_logprobs - logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     return torch.expm1(log_ratio) - log_ratio
 
 
@@ -178,14 +228,6 @@ def kl_penalty(
 
 
 # --------------------------------------------------------------------------- rewards and GAE
-
-
-def last_token_index(mask: Tensor) -> Tensor:
-    """Index of the last valid position of each row of a prefix mask.
-
-    Shapes: ``mask`` [B, T] -> [B] long, ``mask.sum(1) - 1`` clamped at 0 (an empty row gives 0).
-    """
-    return (_valid(mask).sum(dim=1) - 1).clamp(min=0)
 
 
 def shape_rewards(
@@ -275,17 +317,22 @@ def policy_loss(
 
     Shapes: ``logprobs``, ``old_logprobs``, ``advantages``, ``mask`` all [B, T] -> (loss [B, T],
     stats of scalar tensors). ``loss = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))`` with
-    ``ratio = exp(logp - logp_old)``; with ``dual_clip = c > 1`` the loss of tokens with ``A < 0``
-    is further capped at ``-c * A`` (Ye et al., arXiv 1912.09729). 0 at masked positions.
-    ``old_logprobs`` and ``advantages`` are treated as constants (detached).
+    ``ratio = exp(clamp(logp - logp_old, -MAX_LOG_RATIO, MAX_LOG_RATIO))`` (as in verl; without
+    the clamp a log-ratio above ~88 overflows float32 and the gradient is NaN while the loss is
+    finite); with ``dual_clip = c > 1`` the loss of tokens with ``A < 0`` is further capped at
+    ``-c * A`` (Ye et al., arXiv 1912.09729). 0 at masked positions. ``old_logprobs`` and
+    ``advantages`` are treated as constants (detached). A token whose log-ratio is beyond the
+    bound gets no gradient.
 
     Stats (masked means, detached): ``clipfrac`` (share of tokens whose clipped branch is active,
     strictly), ``approxkl`` (``0.5 * mean((logp - logp_old)^2)``), ``ratio`` (mean ratio), and
-    ``dual_clipfrac`` (share of tokens capped by the dual clip) when ``dual_clip`` is set.
+    ``dual_clipfrac`` (share of tokens capped by the dual clip) when ``dual_clip`` is set; all
+    from the clamped log-ratio.
     """
     valid = _valid(mask)
     adv = _zero_masked(advantages.detach(), valid)
     log_ratio = _zero_masked(logprobs - old_logprobs.detach(), valid)
+    log_ratio = log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)

@@ -26,7 +26,7 @@ import csv
 import json
 import math
 import os
-import uuid
+import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -41,6 +41,8 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, Value
 from datasets.exceptions import DatasetGenerationError
 
+from align.core.io import atomic_path
+
 __all__ = [
     "KINDS",
     "DataError",
@@ -48,6 +50,7 @@ __all__ = [
     "check_record",
     "load_records",
     "read_table",
+    "split_held_out",
     "validate",
     "write_jsonl",
 ]
@@ -622,23 +625,12 @@ def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[st
     The lines go to a temporary file in the same directory, which then replaces ``path``, so a
     reader never sees a half-written file and a failure leaves any old file untouched.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     count = 0
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        with open(fd, "w", encoding="utf-8", newline="\n") as f:
-            for record in records:
-                f.write(json.dumps(dict(record), ensure_ascii=False) + "\n")
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return count
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for record in records:
+            f.write(json.dumps(dict(record), ensure_ascii=False) + "\n")
+            count += 1
+    return count  # a failed write (full disk) is raised naming ``path`` (atomic_path)
 
 
 def messages_of(record: Mapping[str, Any]) -> list[dict]:
@@ -646,3 +638,32 @@ def messages_of(record: Mapping[str, Any]) -> list[dict]:
     if record.get("messages"):
         return [dict(m) for m in record["messages"]]
     return [{"role": "user", "content": record["prompt"]}]
+
+
+# --------------------------------------------------------------------------- held-out split
+
+
+def split_held_out(
+    records: Iterable[Mapping[str, Any]], share: float, seed: int
+) -> tuple[list, list]:
+    """``(train, held_out)``: per category, the last ``share`` of a seeded shuffle is held out.
+
+    Each category's rows (in input order) are shuffled by ``random.Random(seed)`` and their
+    last ``max(1, round(share * n))`` held out, so a category of one row goes entirely to the
+    held-out side. Categories are taken in sorted order, so both lists, and everything drawn
+    from them by position, do not depend on where each category first appears in the input
+    (the order of the files, say). The records themselves are returned, not copies.
+    """
+    if not 0 < share < 1:
+        raise ValueError(f"share: expected in (0, 1), got {share}")
+    by_category: dict[str, list] = {}
+    for record in records:
+        by_category.setdefault(record["category"], []).append(record)
+    train: list = []
+    held: list = []
+    for _, rows in sorted(by_category.items()):
+        random.Random(seed).shuffle(rows)
+        k = max(1, round(share * len(rows)))
+        train += rows[:-k]
+        held += rows[-k:]
+    return train, held

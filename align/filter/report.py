@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from align.core.io import atomic_path, atomic_write_text
 from align.filter.selection import STEPS, Selection
 
 STEP_HELP = {
@@ -24,16 +23,6 @@ STEP_HELP = {
     "mean": "μ inside the mean interval(s)",
     "kept": "drawn with weight σ^α within the category quotas",
 }
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(x):
@@ -105,10 +94,10 @@ def to_markdown(result, rule: dict) -> str:
 
 
 def _histogram(path: Path, values: np.ndarray, kept: np.ndarray, lines: list, title: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads only to draw the report's plots
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as above, after the Agg backend is chosen
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     finite = values[np.isfinite(values)]
@@ -122,13 +111,11 @@ def _histogram(path: Path, values: np.ndarray, kept: np.ndarray, lines: list, ti
     ax.set_ylabel("prompts")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.png")
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, keep_suffix=True) as tmp:  # savefig reads the format from it
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def _plots(folder: Path, selection: Selection) -> None:
@@ -149,20 +136,18 @@ def _plots(folder: Path, selection: Selection) -> None:
     )
 
 
-def _rule_text(config: dict) -> dict:
-    from align.filter.run import FilterConfig
-
-    cfg = FilterConfig(**config)
+def rule_text(std_rule: dict, mean_rule: dict) -> dict:
+    """The std floor and mean filter that were applied, as ``{"std": …, "mean": …}`` text."""
     return {
-        "std": ", ".join(f"{k}={v}" for k, v in cfg.std_rule.items()),
-        "mean": ", ".join(f"{k}={v}" for k, v in cfg.mean_rule.items()),
+        "std": ", ".join(f"{k}={v}" for k, v in std_rule.items()),
+        "mean": ", ".join(f"{k}={v}" for k, v in mean_rule.items()),
     }
 
 
-def write_report(folder: Path, result, selection: Selection, config: dict) -> None:
-    """``report.md``, ``summary.json`` and the two histograms into ``folder``."""
+def write_report(folder: Path, result, selection: Selection, config: dict, rule: dict) -> None:
+    """``report.md``, ``summary.json`` and the two histograms into ``folder``; ``config`` is the
+    run's resolved config, ``rule`` the :func:`rule_text` of its filters."""
     folder.mkdir(parents=True, exist_ok=True)
-    rule = _rule_text(config)
     summary = {
         "config": config,
         "n_prompts": result.n_prompts,
@@ -179,6 +164,6 @@ def write_report(folder: Path, result, selection: Selection, config: dict) -> No
         "timing": result.timing,
     }
     text = json.dumps(_jsonable(summary), indent=2, ensure_ascii=False, default=str) + "\n"
-    _atomic_write(folder / "summary.json", text.encode())
-    _atomic_write(folder / "report.md", to_markdown(result, rule).encode())
+    atomic_write_text(folder / "summary.json", text)
+    atomic_write_text(folder / "report.md", to_markdown(result, rule))
     _plots(folder, selection)

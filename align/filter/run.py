@@ -6,10 +6,13 @@ sample through any
 (:mod:`rm.functions`), append every scored batch to a cache, select, write the kept prompts and a
 report (``report.md``, ``summary.json``, ``mu.png``, ``sigma.png``).
 
-**Cache and resumption.** Prompts are cut, in input order, into batches of ``batch_size``; batch
-``b`` is sampled with the seed ``seed·1_000_003 + b`` (the engine seeds once per call), so a
-batch's samples depend only on the arguments and the batch index. Each scored batch is appended
-to ``<cache_dir>/<key>.jsonl`` (one line per prompt, flushed and fsynced per batch); ``key``
+**Cache and resumption.** Prompts are cut, in input order, into batches of ``batch_size`` (16 by
+default: small groups, so a kill loses at most one engine call's work); batch ``b`` is one engine
+call, sampled with the seed ``seed·1_000_003 + b`` (the engine seeds once per call), so a batch's
+samples depend only on the arguments and the batch index (a batch is the smallest unit that can
+be cached: an engine's answers to a prompt depend on the rest of its call). Each scored batch is
+appended to ``<cache_dir>/<key>.jsonl`` as soon as its call returns (one line per prompt,
+flushed and fsynced per batch); ``key``
 hashes everything that determines the samples (prompts, policy files, reward sources, sampling,
 ``n``, ``seed``, ``batch_size``, chat format, engine, ``cache_tag``). A rerun with the same
 arguments skips the cached batches, so a killed run resumes and ends with exactly the result of
@@ -18,7 +21,7 @@ an uninterrupted one. A torn last line (killed mid-write) is discarded.
 **Bad input.** ``n < 2``: error (std with ddof 1 is undefined). An empty prompt file: error. A
 prompt without ``category``: the loader's error naming file, row and field. A sample the reward
 source scores None/NaN/inf: its prompt is dropped and counted (``scored`` step of the report);
-reward entries default to ``on_invalid: drop`` here for that reason.
+reward entries without ``on_invalid`` drop here for that reason.
 """
 
 from __future__ import annotations
@@ -29,17 +32,29 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from align.core.config import build, check_ranges, config_to_dict
 from align.core.config import help_field as _help
+from align.core.data import load_records, messages_of, write_jsonl
+from align.core.io import read_jsonl
+from align.core.models import check_model_dir, load_pretrained
+from align.core.outputs import check_output_dir, check_output_file
+from align.core.pref_data import financeiq_prompt
 from align.filter import selection as F
+from align.filter.report import rule_text, write_report
+from align.tiny.build import build_tiny_world
+from rm.spec import RewardSpec, as_specs, tiny_rule
+from rollouts.base import SamplingParams
+from rollouts.config import RolloutConfig
 
-ENGINES = ("hf", "vllm", "vllm-server")
-TINY_RULE = {"type": "rule", "rule": "tiny"}
+#: Old spellings of FilterConfig fields, still read (with a warning, once each).
+OLD_SPELLINGS = {"engine": "rollout.engine", "reward": "rewards", "cache": "use_cache"}
 DEFAULT_STD_QUANTILE = 0.2  # [P] std >= 20th percentile of the pool
 DEFAULT_MEAN_QUANTILES = (0.1, 0.9)  # [P] mean within the 10th-90th percentiles
 
@@ -55,30 +70,37 @@ class FilterConfig:
         None,
     )
     policy: str | None = _help("Policy that samples the answers; none = tiny world policy.", None)
-    rewards: list[dict] = field(
-        default_factory=lambda: [dict(TINY_RULE)],
-        metadata={
-            "help": "Reward sources as in PPOConfig.rewards ({type: model|http|python|rule, ...}); "
-            "on_invalid defaults to drop (the prompt is dropped and counted)."
-        },
+    rewards: list[RewardSpec] = _help(
+        "Reward sources as in align ppo (entries: see rewards[] below; or written short: a "
+        "reward model directory, an http(s) URL, module:function, file.py:function, tiny, mcq, "
+        "rule:NAME); repeat --rewards to sum several. An entry without on_invalid drops "
+        "(the prompt is dropped and counted).",
+        factory=tiny_rule,
     )
-    engine: str = _help("Rollout engine: hf, vllm or vllm-server.", "hf")
-    engine_options: dict = field(
-        default_factory=dict, metadata={"help": "Extra keyword arguments of the engine factory."}
+    rollout: RolloutConfig = _help(
+        "Rollout engine and its options (hf, vllm, vllm-server), as in align ppo.",
+        factory=RolloutConfig,
     )
     chat_format: str = _help("Chat format prompts are rendered with.", "hf")
-    n: int = _help("Answers sampled per prompt [S: 8]; >= 2 (std with ddof 1).", 8)
-    temperature: float = _help("Sampling temperature (as PPO samples).", 0.7)
-    top_p: float = _help("Nucleus sampling.", 0.9)
-    top_k: int = _help("Top-k sampling (0 = off).", 0)
-    max_new_tokens: int = _help("Answer length limit.", 48)
-    max_prompt_length: int = _help("Longer prompts are left-truncated (and counted).", 256)
-    batch_size: int = _help("Prompts per engine call (each sampled n times).", 64)
-    std_min: float | None = _help("Drop prompts with score std below this.", None)
+    n: int = _help("Answers sampled per prompt [S: 8]; >= 2 (std with ddof 1).", 8, ge=2)
+    temperature: float = _help("Sampling temperature (as PPO samples).", 0.7, gt=0)
+    top_p: float = _help("Nucleus sampling.", 0.9, gt=0, le=1)
+    top_k: int = _help("Top-k sampling (0 = off).", 0, ge=0)
+    max_new_tokens: int = _help("Answer length limit.", 48, ge=1)
+    max_prompt_length: int = _help("Longer prompts are left-truncated (and counted).", 256, ge=1)
+    batch_size: int = _help(
+        "Prompts per engine call (each sampled n times); each call's scores are cached when it "
+        "returns, so a killed run loses at most one call. Larger: faster engines, more to redo.",
+        16,
+        ge=1,
+    )
+    std_min: float | None = _help("Drop prompts with score std below this.", None, ge=0)
     std_quantile: float | None = _help(
         "Drop prompts with std below this quantile of the pool [P: 0.2]; default when neither "
         "std_min nor std_quantile is given.",
         None,
+        ge=0,
+        le=1,
     )
     mean_range: tuple[float, float] | None = _help("Keep prompts with lo <= mean <= hi.", None)
     mean_quantiles: tuple[float, float] | None = _help(
@@ -91,12 +113,14 @@ class FilterConfig:
         "overall (scores must be on that evaluation's scale).",
         None,
     )
-    keep: int | None = _help("Prompts to keep; none = every survivor (still sorted by std).", None)
+    keep: int | None = _help(
+        "Prompts to keep; none = every survivor (still sorted by std).", None, ge=1
+    )
     drop_zero_std: bool = _help(
         "Also drop prompts whose n scores are all equal (σ = 0), whatever the floor.", True
     )
-    alpha: float = _help("Sampling weight = std^alpha [P: 1].", 1.0)
-    seed: int = _help("Seed of the sampling and of the weighted selection.", 0)
+    alpha: float = _help("Sampling weight = std^alpha [P: 1].", 1.0, ge=0)
+    seed: int = _help("Seed of the sampling and of the weighted selection.", 0, ge=0)
     out: str = _help(
         "Kept prompts (JSONL): the input fields + score_mean, score_std.", "kept.jsonl"
     )
@@ -107,25 +131,26 @@ class FilterConfig:
         "Extra text in the cache key (a caller passing its own engine names its weights here).", ""
     )
 
+    config_renames: ClassVar[dict[str, str]] = OLD_SPELLINGS
+    config_removed: ClassVar[dict[str, str]] = {
+        "engine_options": "no longer a field; set rollout.vllm.<option>, "
+        "rollout.server.<option> or rollout.hf.batch_size (see `align filter --help`)"
+    }
+
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "max_prompt_length", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.n < 2:
             raise ValueError(f"n: expected >= 2 samples per prompt (std undefined), got {self.n}")
-        if self.keep is not None and self.keep < 1:
-            raise ValueError(f"keep: expected >= 1 or none, got {self.keep}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine: expected one of {ENGINES}, got {self.engine!r}")
-        if self.alpha < 0:
-            raise ValueError(f"alpha: expected >= 0, got {self.alpha}")
         if self.temperature <= 0:
             raise ValueError(
                 f"temperature: expected > 0 (n greedy answers are identical), got "
                 f"{self.temperature}"
             )
+        check_ranges(self)
         if not self.rewards:
             raise ValueError("rewards: expected at least one reward source")
+        self.rewards = as_specs(self.rewards)  # entries given in code as mappings
+        if isinstance(self.rollout, Mapping):  # given in code as a mapping
+            self.rollout = build(RolloutConfig, self.rollout, "rollout")
         self._check_exclusive()
         self._check_pairs()
 
@@ -226,9 +251,6 @@ def _mcq_csvs(path: Path) -> list[Path]:
 
 
 def _financeiq_prompts(files: list[Path]) -> list[dict]:
-    from align.core.data import load_records
-    from align.core.pref_data import financeiq_prompt
-
     out = []
     for path in files:
         for i, row in enumerate(load_records(path, "mcq")):
@@ -246,8 +268,6 @@ def _financeiq_prompts(files: list[Path]) -> list[dict]:
 def load_prompt_records(path: str | os.PathLike[str]) -> list[dict]:
     """Prompt records from ``path``: ``prompts`` records, or FinanceIQ MCQs turned into their
     zero-shot prompts (with an ``answer`` column for the ``mcq`` rule). Empty → ValueError."""
-    from align.core.data import load_records
-
     p = Path(path)
     files = _mcq_csvs(p) if p.exists() else []
     records = _financeiq_prompts(files) if files else load_records(p, "prompts").to_list()
@@ -280,12 +300,11 @@ def cache_key(cfg: FilterConfig, keys: Sequence[str], reward_names: list[str] | 
         "prompts": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
         "given_rewards": reward_names,
         "policy": _policy_fingerprint(cfg.policy),
+        "rewards": [config_to_dict(r) for r in cfg.rewards],
+        "rollout": config_to_dict(cfg.rollout),
         **{
             name: getattr(cfg, name)
             for name in (
-                "rewards",
-                "engine",
-                "engine_options",
                 "chat_format",
                 "n",
                 "temperature",
@@ -310,24 +329,8 @@ class SampleCache:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.rows: dict[str, dict] = {}
-        if path is not None and path.exists():
-            self._read()
-
-    def _read(self) -> None:
-        good_bytes = 0
-        with open(self.path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break  # torn write of a killed run
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break
-                self.rows[row["key"]] = row
-                good_bytes += len(line)
-        if good_bytes < self.path.stat().st_size:
-            with open(self.path, "r+b") as f:
-                f.truncate(good_bytes)
+        if path is not None:  # a torn last line (a killed run's) is dropped and cut off
+            self.rows = {row["key"]: row for row in read_jsonl(path, repair=True)}
 
     def append(self, rows: list[dict]) -> None:
         for row in rows:
@@ -345,8 +348,6 @@ class SampleCache:
 
 
 def _tiny_world():
-    from align.tiny.build import build_tiny_world
-
     return build_tiny_world()[0]
 
 
@@ -364,7 +365,7 @@ def resolve_defaults(cfg: FilterConfig, need_policy: bool = True) -> FilterConfi
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: ~2 s, kept off 'align filter --help'
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
@@ -373,30 +374,31 @@ def load_tokenizer(path: str):
 
 
 def build_engine(cfg: FilterConfig, tokenizer):
-    """The rollout engine ``cfg.engine`` on ``cfg.policy`` (``rollouts.factory.make_engine``)."""
-    from rollouts.factory import make_engine
+    """The rollout engine ``cfg.rollout`` describes on ``cfg.policy``
+    (:func:`rollouts.factory.engine_from_config`)."""
+    from rollouts.factory import engine_from_config  # lazy: loads transformers; off filter --help
 
-    model = _load_policy(cfg.policy) if cfg.engine == "hf" else cfg.policy
-    return make_engine(cfg.engine, model, tokenizer, **cfg.engine_options)
+    model = _load_policy(cfg.policy) if cfg.rollout.engine == "hf" else cfg.policy
+    return engine_from_config(cfg.rollout, model, tokenizer, cfg.seed)
 
 
 def _load_policy(path: str):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: ~2 s, kept off 'align filter --help'
 
-    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+    return load_pretrained(AutoModelForCausalLM, path, "policy").eval()
 
 
-def build_rewards(specs: list[dict]):
-    """Reward components from config entries, ``on_invalid`` defaulting to ``drop``."""
-    from rm.functions import rewards_from_config
+def build_rewards(specs: list[RewardSpec]):
+    """Reward components from config entries; an entry without ``on_invalid`` drops."""
+    from rm.functions import rewards_from_config  # lazy: loads transformers; off filter --help
 
-    return rewards_from_config([{"on_invalid": "drop", **spec} for spec in specs])
+    return rewards_from_config(specs, on_invalid="drop")
 
 
 def as_rewards(reward) -> list:
     """A ready reward: a list of ``WeightedReward``, one ``WeightedReward`` or a plain callable in
     TRL's convention (invalid scores drop the prompt)."""
-    from rm.functions import WeightedReward
+    from rm.functions import WeightedReward  # lazy: loads transformers; off filter --help
 
     if isinstance(reward, WeightedReward):
         return [reward]
@@ -413,8 +415,7 @@ class _Scorer:
     """Encodes prompts, samples ``n`` answers per prompt and scores them, one batch at a time."""
 
     def __init__(self, cfg: FilterConfig, engine, rewards: list, tokenizer) -> None:
-        from align.core.chat_formats import get_chat_format
-        from rollouts.base import SamplingParams
+        from align.core.chat_formats import get_chat_format  # lazy: loads transformers
 
         self.cfg, self.engine, self.rewards, self.tokenizer = cfg, engine, rewards, tokenizer
         self.chat_format = get_chat_format(cfg.chat_format)
@@ -429,8 +430,6 @@ class _Scorer:
         self.timing = {"generate_s": 0.0, "score_s": 0.0}
 
     def encode(self, record: dict) -> list[int]:
-        from align.core.data import messages_of
-
         ids, truncated = self.chat_format.encode_prompt(
             messages_of(record), self.tokenizer, self.cfg.max_prompt_length
         )
@@ -441,7 +440,7 @@ class _Scorer:
         self, batch: int, records: list[dict], prompt_ids: list[list[int]], keys: list[str]
     ) -> list[dict]:
         """Cache rows (``key``, ``scores`` [n] with None for invalid, ``completions``)."""
-        from rm.functions import reward_inputs, score_rewards
+        from rm.functions import reward_inputs, score_rewards  # lazy: loads transformers
 
         n = self.cfg.n
         sampling = replace(self.sampling, seed=self.cfg.seed * 1_000_003 + batch)
@@ -560,7 +559,20 @@ def _warn_shortfall(selection: F.Selection) -> None:
         )
 
 
+def check_paths(cfg: FilterConfig, engine=None, tokenizer=None) -> None:
+    """Before the tiny world, a model or a sample: the kept file, the report and the cache can
+    be written, and a given policy is a model directory (with safetensors weights when the hf
+    engine loads them here). One line naming the field and the path on failure."""
+    check_output_file(cfg.out, "out")
+    check_output_dir(cfg.report_path, "report_dir")
+    if cfg.use_cache:
+        check_output_dir(cfg.cache_path, "cache_dir")
+    if cfg.policy is not None and (engine is None or tokenizer is None):
+        check_model_dir(cfg.policy, "policy", weights=engine is None and cfg.rollout.engine == "hf")
+
+
 def _prepare(cfg, engine, reward, tokenizer):
+    check_paths(cfg, engine, tokenizer)
     cfg = resolve_defaults(cfg, need_policy=engine is None)
     records = load_prompt_records(cfg.prompts)
     if tokenizer is None:
@@ -629,8 +641,6 @@ def run_filter(
 
 
 def _write_outputs(cfg: FilterConfig, result: FilterResult, selection: F.Selection) -> None:
-    from align.core.data import write_jsonl
-    from align.filter.report import write_report
-
     write_jsonl(result.kept, cfg.out)
-    write_report(cfg.report_path, result, selection, asdict(cfg))
+    rule = rule_text(cfg.std_rule, cfg.mean_rule)
+    write_report(cfg.report_path, result, selection, asdict(cfg), rule)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from align.core.mixture import largest_remainder
+
 STEPS = ("input", "scored", "std", "mean", "kept")
 Interval = tuple[float, float]
 
@@ -137,29 +139,6 @@ def in_intervals(x: np.ndarray, intervals: Sequence[Interval]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ quotas
-
-
-def largest_remainder(weights: dict[str, float], total: int) -> dict[str, int]:
-    """Split ``total`` into integers proportional to ``weights`` (Hamilton's method).
-
-    Each key gets ``floor(total·w/Σw)``; the units left go to the largest fractional remainders
-    (ties: larger weight, then name). Every share is within 1 of its exact proportion.
-    """
-    if total < 0:
-        raise ValueError(f"total: expected >= 0, got {total}")
-    positive = {k: float(w) for k, w in weights.items() if w > 0}
-    out = dict.fromkeys(weights, 0)
-    mass = sum(positive.values())
-    if not positive or total == 0:
-        return out
-    exact = {k: total * w / mass for k, w in positive.items()}
-    for k, x in exact.items():
-        out[k] = int(np.floor(x))
-    left = total - sum(out.values())
-    order = sorted(exact, key=lambda k: (-(exact[k] - out[k]), -positive[k], k))
-    for k in order[:left]:
-        out[k] += 1
-    return out
 
 
 def category_quotas(categories: Sequence[str], keep: int) -> dict[str, int]:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Literal
+
+from align.core.config import check_ranges, help_field
 
 TIERS = ("good", "medium", "bad")
 
@@ -33,31 +36,48 @@ ARROWS = {2: "↑↑", 1: "↑", 0: "—", -1: "↓", -2: "↓↓"}
 class ControllerConfig:
     """Every number of the controller; defaults are METHODS §4's."""
 
-    tiering: str = "thresholds"  # or "tertiles" across sub-domains
-    ppo_good: float = 0.25  # G_d ≥ 25 pp → good
-    ppo_medium: float = 0.05  # 5 pp ≤ G_d < 25 pp → medium
-    rm_good: float = 0.70
-    rm_medium: float = 0.60
-    min_samples: int = 30  # fewer eval prompts (or pairs) in a sub-domain → medium
-    eta: float = math.log(1.5)
-    weight_floor: float = 0.25  # × the initial weight
-    beta_decay: float = 0.5
-    beta_min: float = 0.01
-    stop_delta: float = 1e-3  # ‖Δw‖₁ below this = mixture unchanged
-    min_gain: float = 0.01  # overall net win must improve by ≥ 1 pp over the last round
-    early_stop: bool = True  # False: run every round up to the limit
+    tiering: Literal["thresholds", "tertiles"] = help_field(
+        "How sub-domains are tiered: thresholds (below) or tertiles across sub-domains.",
+        "thresholds",
+    )
+    ppo_good: float = help_field(
+        "Net win rate G_d at or above this is a good PPO tier.", 0.25, ge=-1, le=1
+    )
+    ppo_medium: float = help_field(
+        "G_d at or above this (below ppo_good) is medium.", 0.05, ge=-1, le=1
+    )
+    rm_good: float = help_field(
+        "RM alignment A_d at or above this is a good RM tier.", 0.70, ge=0, le=1
+    )
+    rm_medium: float = help_field(
+        "A_d at or above this (below rm_good) is medium.", 0.60, ge=0, le=1
+    )
+    min_samples: int = help_field(
+        "Fewer eval prompts (or labelled pairs) in a sub-domain → medium tier.", 30, ge=1
+    )
+    eta: float = help_field("Step size η of w ← w·exp(η·s) [P: ln 1.5].", math.log(1.5), ge=0)
+    weight_floor: float = help_field(
+        "Lowest weight as a share of the initial weight.", 0.25, gt=0, le=1
+    )
+    beta_decay: float = help_field("β ← max(beta_min, beta_decay · β) each round.", 0.5, gt=0, le=1)
+    beta_min: float = help_field("Lowest β.", 0.01, ge=0)
+    stop_delta: float = help_field("‖Δw‖₁ below this means the mixture is unchanged.", 1e-3, ge=0)
+    min_gain: float = help_field(
+        "Stop when the overall net win improves by less than this over the last round.",
+        0.01,
+        ge=-1,
+        le=1,
+    )
+    early_stop: bool = help_field("Stop early (false: run every round up to the limit).", True)
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.tiering not in ("thresholds", "tertiles"):
             raise ValueError(f"tiering: expected thresholds or tertiles, got {self.tiering!r}")
         if not self.ppo_medium <= self.ppo_good:
             raise ValueError("ppo_medium: expected <= ppo_good")
         if not self.rm_medium <= self.rm_good:
             raise ValueError("rm_medium: expected <= rm_good")
-        if not 0 < self.weight_floor <= 1:
-            raise ValueError(f"weight_floor: expected in (0, 1], got {self.weight_floor}")
-        if not 0 < self.beta_decay <= 1:
-            raise ValueError(f"beta_decay: expected in (0, 1], got {self.beta_decay}")
 
 
 def tier_by_threshold(value: float, good: float, medium: float) -> str:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+
+from align.core.io import METRICS_FILE, atomic_write_text, read_jsonl
 from align.pei.controller import ARROWS, Decision
 from eval.charts import _font_rc, chart_labels, save_png
 
@@ -22,11 +26,7 @@ def write_pei_report(out: Path, decisions: list[Decision]) -> Path:
     _gsb_chart(gsb, decisions, out / "gsb_by_round.png")
     _mixture_chart(decisions, out / "mixture.png")
     _training_chart(out, decisions, out / "training.png")
-    path = out / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text(_markdown(decisions, gsb), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(out / "report.md", _markdown(decisions, gsb))
 
 
 def _gsb_rows(out: Path, k: int) -> dict[str, dict]:
@@ -91,9 +91,6 @@ def _round_table(d: Decision, rows: dict[str, dict]) -> list[str]:
 
 
 def _gsb_chart(gsb: list[dict[str, dict]], decisions: list[Decision], path: Path) -> None:
-    from matplotlib import rc_context
-    from matplotlib.figure import Figure
-
     categories = list(decisions[0].steps)
     labels, _ = chart_labels(categories)
     with rc_context(_font_rc()):
@@ -123,9 +120,6 @@ def _share(row: dict | None, verdict: str) -> float:
 
 
 def _mixture_chart(decisions: list[Decision], path: Path) -> None:
-    from matplotlib import rc_context
-    from matplotlib.figure import Figure
-
     rounds = [d.round for d in decisions] + [decisions[-1].round + 1]
     categories = list(decisions[0].steps)
     labels, _ = chart_labels(categories)
@@ -144,13 +138,11 @@ def _mixture_chart(decisions: list[Decision], path: Path) -> None:
 
 
 def _training_chart(out: Path, decisions: list[Decision], path: Path) -> None:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(9, 3.4), dpi=110)
     kl_ax, score_ax = fig.subplots(1, 2)
     offset = 0
     for d in decisions:
-        steps, kl, score = _curves(out / f"round-{d.round}" / "ppo" / "metrics.jsonl")
+        steps, kl, score = _curves(out / f"round-{d.round}" / "ppo" / METRICS_FILE)
         x = [offset + s for s in steps]
         kl_ax.plot(x, kl, color="C0")
         score_ax.plot(x, score, color="C1")
@@ -165,11 +157,9 @@ def _training_chart(out: Path, decisions: list[Decision], path: Path) -> None:
 
 def _curves(metrics: Path) -> tuple[list[int], list[float], list[float]]:
     steps, kl, score = [], [], []
-    if metrics.is_file():
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            m = json.loads(line)
-            if "objective/kl" in m:
-                steps.append(m["step"])
-                kl.append(m["objective/kl"])
-                score.append(m["objective/scores"])
+    for m in read_jsonl(metrics):  # none yet: no curve
+        if "objective/kl" in m:
+            steps.append(m["step"])
+            kl.append(m["objective/kl"])
+            score.append(m["objective/scores"])
     return steps, kl, score

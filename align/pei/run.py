@@ -19,57 +19,95 @@ is redone, its PPO part resuming from that round's last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
-import yaml
+from accelerate import PartialState
 
 from align.core.checkpoints import latest_checkpoint
-from align.core.config import coerce_numbers, values_from_sources
+from align.core.config import build, check_ranges, config_to_yaml, load_config
 from align.core.config import help_field as _help
-from align.core.data import write_jsonl
-from align.pei.controller import ControllerConfig, Decision, RoundMeasurements, decide
-from align.ppo.config import TINY_REWARD, PPOConfig
+from align.core.data import load_records, messages_of, write_jsonl
+from align.core.io import METRICS_FILE, atomic_write_json, atomic_write_text, replace_directory
+from align.core.models import check_model_dir
+from align.core.outputs import check_output_dir
+from align.filter.run import FilterConfig, run_filter
+from align.pei.controller import ARROWS, ControllerConfig, Decision, RoundMeasurements, decide
+from align.ppo.config import PPOConfig
+from align.tiny.build import build_tiny_world
+from eval.generation import generate_answers
+from eval.gsb import summarize
+from eval.llm_judge import LLMJudge, LLMJudgeConfig
+from rm.spec import RewardSpec, as_specs, tiny_reward
+from rollouts.base import SamplingParams
+
+
+def tiny_ppo() -> PPOConfig:
+    """The shipped tiny-world PPO config (``align/configs/ppo_tiny.yaml``), PEI's default."""
+    return load_config(PPOConfig, "tiny")
+
+
+#: Old spellings of PEIConfig fields, still read (with a warning, once each).
+OLD_SPELLINGS = {"ppo_config": "ppo.config"}
+#: The re-filter fields PEI sets every round (a value given for them would be ignored).
+REFILTER_SET_BY_PEI = ("prompts", "policy", "rewards", "chat_format", "out", "seed")
 
 
 @dataclass
 class PEIConfig:
     """Every knob of ``align pei``; controller numbers default to METHODS §4."""
 
-    rounds: int = _help("Improvement rounds after PPO pre-training (round 0).", 2)
-    ppo_config: str = _help("PPO config of every round (YAML path or a shipped name).", "tiny")
-    ppo: dict = _help("PPOConfig fields overriding ppo_config in every round.", factory=dict)
-    pretrain_steps: int | None = _help("PPO steps of round 0; none = the PPO config's.", None)
-    round_steps: int | None = _help("PPO steps of each improvement round; none = the PPO's.", None)
-    beta0: float = _help("KL weight of the pre-training round [P: 2 × 0.05].", 0.1)
-    reference: str = _help("Reference model of improvement rounds: sft or previous.", "sft")
+    config_name: ClassVar[str] = "pei"  # --config tiny → align/configs/pei_tiny.yaml
+    config_renames: ClassVar[dict[str, str]] = OLD_SPELLINGS
+
+    rounds: int = _help("Improvement rounds after PPO pre-training (round 0).", 2, ge=0)
+    ppo: PPOConfig = _help(
+        "The PPO config of every round. A mapping given here starts from the shipped tiny-world "
+        "PPO config unless it names its own base file (ppo.config: PATH or a shipped name).",
+        factory=tiny_ppo,
+        base="tiny",
+    )
+    pretrain_steps: int | None = _help(
+        "PPO steps of round 0; none = the PPO config's.", None, ge=1
+    )
+    round_steps: int | None = _help(
+        "PPO steps of each improvement round; none = the PPO's.", None, ge=1
+    )
+    beta0: float = _help("KL weight of the pre-training round [P: 2 × 0.05].", 0.1, ge=0)
+    reference: Literal["sft", "previous"] = _help(
+        "Reference model of improvement rounds: sft or previous.", "sft"
+    )
     reward_model: str | None = _help(
         "A reward-model directory used as PPO's reward and critic initialisation (and measured "
         "for RM alignment); 'tiny' trains a UFRM on the tiny world's preferences into "
         "<output_dir>/rm once; none = the PPO config's rewards.",
         None,
     )
-    judge: list[dict] = _help(
-        "Reward sources the GSB judge scores both answers with (same spellings as PPO's "
-        "rewards); the tiny world's rule by default.",
-        factory=lambda: [{"type": "python", "fn": TINY_REWARD}],
+    judge: list[RewardSpec] = _help(
+        "Reward sources the GSB judge scores both answers with (entries as ppo.rewards); the "
+        "tiny world's rule by default.",
+        factory=tiny_reward,
     )
-    judge_margin: float = _help("Score differences within this margin are 'same'.", 0.05)
-    llm_judge: dict | None = _help(
-        "Judge with a chat model instead: {base_url, model, api_key_env} (eval.llm_judge).", None
+    judge_margin: float = _help("Score differences within this margin are 'same'.", 0.05, ge=0)
+    llm_judge: LLMJudgeConfig | None = _help(
+        "Judge with a chat model instead of the rewards; none = the reward judge.", None
     )
     rm_pairs: str | None = _help(
         "Labelled preference pairs with categories for RM alignment; none = the tiny world's.",
         None,
     )
-    refilter: dict | None = _help(
-        "Re-filter prompts before every improvement round with the current actor (FilterConfig "
-        "fields: n, std_quantile, mean_quantiles, keep, ...; see `align filter --help`); "
-        "none = the same prompts every round.",
+    refilter: FilterConfig | None = _help(
+        "Re-filter prompts before every improvement round with the current actor (the filter's "
+        "settings: n, std_quantile, mean_quantiles, keep, rollout, ...; PEI sets prompts, "
+        "policy, rewards, chat_format, out and seed itself); none = the same prompts every "
+        "round; {} = the filter's defaults.",
         None,
     )
     refilter_categories: list[str] | None = _help(
@@ -77,51 +115,50 @@ class PEIConfig:
         None,
     )
     eval_prompts: str | None = _help("Held-out prompts; none = the PPO config's.", None)
-    eval_max_prompts: int = _help("Held-out prompts evaluated per round (first N).", 300)
-    eval_batch_size: int = _help("Prompts per generation call in evaluation.", 64)
-    controller: dict = _help(
-        "ControllerConfig fields (tiering, ppo_good, rm_good, eta, weight_floor, beta_decay, "
-        "beta_min, min_gain, early_stop, ...); see align/pei/controller.py.",
-        factory=dict,
+    eval_max_prompts: int = _help("Held-out prompts evaluated per round (first N).", 300, ge=1)
+    eval_batch_size: int = _help("Prompts per generation call in evaluation.", 64, ge=1)
+    controller: ControllerConfig = _help(
+        "The controller: tiers, weights, β and stopping (METHODS §4).", factory=ControllerConfig
     )
     output_dir: str = _help("Run directory (resumed when it holds completed rounds).", "runs/pei")
-    seed: int = _help("Seed of every round (round K uses seed + K).", 0)
+    seed: int = _help("Seed of every round (round K uses seed + K).", 0, ge=0)
 
     def __post_init__(self) -> None:
-        if self.rounds < 0:
-            raise ValueError(f"rounds: expected >= 0, got {self.rounds}")
+        check_ranges(self)
         if self.reference not in ("sft", "previous"):
             raise ValueError(f"reference: expected sft or previous, got {self.reference!r}")
-        if self.beta0 < 0:
-            raise ValueError(f"beta0: expected >= 0, got {self.beta0}")
-        self.controller_config()  # validates the mapping early
+        # settings given in code as mappings: the loader's checks
+        if isinstance(self.ppo, Mapping):
+            self.ppo = build(PEIConfig, {"ppo": self.ppo}).ppo
+        if isinstance(self.controller, Mapping):
+            self.controller = build(ControllerConfig, self.controller, "controller")
+        if isinstance(self.refilter, Mapping):
+            self.refilter = build(FilterConfig, self.refilter, "refilter")
+        self.judge = as_specs(self.judge, "judge")
+        self._check_refilter()
+
+    def _check_refilter(self) -> None:
+        if self.refilter is None:
+            return
+        default = FilterConfig()
+        for name in REFILTER_SET_BY_PEI:
+            if getattr(self.refilter, name) != getattr(default, name):
+                raise ValueError(
+                    f"refilter.{name}: set by PEI every round; leave it out (PEI sets "
+                    f"{', '.join(REFILTER_SET_BY_PEI)})"
+                )
 
     def controller_config(self) -> ControllerConfig:
-        known = {f.name for f in dataclasses.fields(ControllerConfig)}
-        unknown = sorted(set(self.controller) - known)
-        if unknown:
-            raise ValueError(f"controller: unknown fields {unknown}; known: {sorted(known)}")
-        return ControllerConfig(**coerce_numbers(ControllerConfig, self.controller))
+        return self.controller
 
     @classmethod
     def from_sources(cls, config: str | Path | None = None, overrides: list[str] = ()) -> PEIConfig:
-        """YAML file (optional) then ``--field value`` overrides; unknown fields are errors."""
-        path = resolve_pei_config(config) if config is not None else None
-        hint = "; see `align pei --show-config`"
-        return cls(**values_from_sources(cls, path, overrides, hint=hint))
+        """YAML file (a path or a shipped name; optional) then ``--field value`` overrides."""
+        return load_config(cls, config, overrides)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(dataclasses.asdict(self), allow_unicode=True, sort_keys=False)
-
-
-def resolve_pei_config(config: str | Path) -> Path:
-    """A YAML path, or the name of a shipped config (``tiny`` → align/configs/pei_tiny.yaml)."""
-    shipped = Path(__file__).parent / "configs" / f"pei_{config}.yaml"
-    if Path(config).is_file():
-        return Path(config)
-    if shipped.is_file():
-        return shipped
-    raise FileNotFoundError(f"{config}: no such PEI config file (shipped: tiny)")
+        """The resolved config, the PPO config of the rounds included, as YAML."""
+        return config_to_yaml(self)
 
 
 # ------------------------------------------------------------------------ the loop
@@ -166,8 +203,6 @@ def run_pei(cfg: PEIConfig, progress: Progress | None = None) -> list[Decision]:
 
 
 def _is_main_process() -> bool:
-    from accelerate import PartialState
-
     return PartialState().is_main_process
 
 
@@ -189,33 +224,61 @@ def completed_decisions(out: Path) -> list[Decision]:
     return found
 
 
+def _check_paths(cfg: PEIConfig, base: PPOConfig) -> None:
+    """Before the tiny world, a model or a round: the run directory takes writes and every
+    model directory the configs name is one (safetensors weights). One line on failure."""
+    check_output_dir(cfg.output_dir, "output_dir")
+    if cfg.reward_model and cfg.reward_model != "tiny":
+        check_model_dir(cfg.reward_model, "reward_model")
+    for name in ("policy", "critic", "reference"):
+        if getattr(base, name) and not (name == "critic" and base.critic_from_policy):
+            check_model_dir(getattr(base, name), f"ppo.{name}")
+
+
+def _check_refilter_categories(cfg: PEIConfig, prompts: list[dict], path: Path) -> None:
+    """Every category of ``refilter_categories`` has prompts in ``path`` (else a round would
+    filter an empty pool)."""
+    if cfg.refilter is None or not cfg.refilter_categories:
+        return
+    present = {r["category"] for r in prompts}
+    unknown = sorted(set(cfg.refilter_categories) - present)
+    if unknown:
+        raise ValueError(
+            f"refilter_categories: {unknown} match no prompt of {path} "
+            f"(its categories: {sorted(present)})"
+        )
+
+
 def prepare(cfg: PEIConfig, progress: Callable[[str], None]) -> Setup:
-    from align.core.data import load_records
-    from align.ppo.run import _resolve_paths
+    # lazy: align.ppo.run loads transformers' model classes, kept off 'align pei --help'
+    from align.ppo.run import _resolve_paths, load_prompts
 
     out = Path(cfg.output_dir)
-    if _is_main_process():
-        _write_atomic(out / "config.yaml", cfg.to_yaml())
-    base = PPOConfig.from_sources(cfg.ppo_config, _as_overrides(cfg.ppo))
+    base = dataclasses.replace(cfg.ppo)
     if base.lora_r:
         raise ValueError(
             "lora_r: PEI carries full actor and critic checkpoints from round to round; LoRA "
             "runs (lora_r > 0) are not supported by align pei yet"
         )
+    _check_paths(cfg, base)
     if cfg.eval_prompts:
         base.eval_prompts = cfg.eval_prompts
     paths = _resolve_paths(base)
+    # the data before anything is written or trained: a bad file fails the run at once
+    prompts = load_prompts(paths["prompts"], "prompts")
+    _check_refilter_categories(cfg, prompts, paths["prompts"])
+    eval_rows = per_category_head(
+        load_prompts(paths["eval_prompts"], "eval_prompts"), cfg.eval_max_prompts
+    )
+    pairs = load_records(_pairs_path(cfg), "prefs").to_list()
+    if _is_main_process():
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
     if cfg.reward_model:
         rm = _tiny_reward_model(out, cfg.seed, progress) if cfg.reward_model == "tiny" else None
         rm = str(rm or cfg.reward_model)
         normalize = Path(rm, "score_stats.json").is_file()  # written by align rm train
-        base.rewards = [{"type": "model", "path": rm, "normalize": normalize, "name": "rm"}]
+        base.rewards = [RewardSpec(type="model", path=rm, normalize=normalize, name="rm")]
         base.critic = base.critic or rm
-    prompts = load_records(paths["prompts"], "prompts").to_list()
-    eval_rows = per_category_head(
-        load_records(paths["eval_prompts"], "prompts").to_list(), cfg.eval_max_prompts
-    )
-    pairs = load_records(_pairs_path(cfg), "prefs").to_list()
     initial = _initial(base, prompts)
     return Setup(cfg, base, out, paths["policy"], eval_rows, pairs, initial, prompts)
 
@@ -232,19 +295,9 @@ def per_category_head(rows: list[dict], limit: int) -> list[dict]:
     return picked[:limit]
 
 
-def _as_overrides(values: dict) -> list[str]:
-    """A mapping of PPOConfig fields as ``--field value`` overrides (values as YAML)."""
-    args = []
-    for key, value in values.items():
-        args += [f"--{key}", yaml.safe_dump(value, allow_unicode=True, default_flow_style=True)]
-    return args
-
-
 def _pairs_path(cfg: PEIConfig) -> Path:
     if cfg.rm_pairs:
         return Path(cfg.rm_pairs)
-    from align.tiny.build import build_tiny_world
-
     world, _ = build_tiny_world()
     return world.data("eval_prefs")
 
@@ -259,6 +312,7 @@ def _initial(base: PPOConfig, prompts: list[dict]) -> dict[str, float]:
 
 def _tiny_reward_model(out: Path, seed: int, progress: Callable[[str], None]) -> Path:
     """Train (once) a UFRM on the tiny world's preferences; returns its directory."""
+    # lazy: these load trl and peft, needed only when the tiny reward model is trained
     from align.ufrm.run import run as run_ufrm
     from rm.ufrm import UFRMConfig
 
@@ -285,7 +339,7 @@ def _tiny_reward_model(out: Path, seed: int, progress: Callable[[str], None]) ->
             seed=seed,
         )
     )
-    os.replace(summary["final"], final)  # the model appears whole or not at all
+    replace_directory(Path(summary["final"]), final)  # the model appears whole or not at all
     shutil.rmtree(work, ignore_errors=True)
     return final
 
@@ -293,9 +347,7 @@ def _tiny_reward_model(out: Path, seed: int, progress: Callable[[str], None]) ->
 def run_round(setup: Setup, k: int, decisions: list[Decision], progress: Progress) -> Decision:
     """PPO (resuming inside the round if it crashed), evaluation, decision — for round ``k``.
     Every process trains; the main process evaluates and decides, the others read its decision."""
-    from accelerate import PartialState
-
-    from align.ppo.run import run_ppo
+    from align.ppo.run import run_ppo  # lazy: loads transformers; off 'align pei --help'
 
     previous = decisions[-1] if decisions else None
     ppo_cfg = round_ppo_config(setup, k, previous)
@@ -305,6 +357,11 @@ def run_round(setup: Setup, k: int, decisions: list[Decision], progress: Progres
             progress.message(f"round {k}: re-filtering prompts with the round {k - 1} actor")
             refilter_prompts(setup, k, Path(ppo_cfg.policy), Path(ppo_cfg.prompts))
         state.wait_for_everyone()
+    if ppo_cfg.resume_from is None:  # killed before its first checkpoint: the round restarts
+        state = PartialState()
+        if state.is_main_process:
+            (Path(ppo_cfg.output_dir) / METRICS_FILE).unlink(missing_ok=True)
+        state.wait_for_everyone()
     total = ppo_cfg.total_steps
     progress.message(f"round {k}: PPO, {total} steps, β = {ppo_cfg.beta:g}")
     run_ppo(ppo_cfg, lambda step, metrics: progress.ppo_step(k, step, total, metrics))
@@ -312,7 +369,7 @@ def run_round(setup: Setup, k: int, decisions: list[Decision], progress: Progres
     state = PartialState()
     if state.is_main_process:
         decision = _evaluate_and_decide(setup, k, ppo_cfg, previous, progress)
-        _write_json(path, decision.to_dict())
+        atomic_write_json(path, decision.to_dict())
         progress.message(_summary_line(decision))
     state.wait_for_everyone()
     return Decision(**json.loads(path.read_text(encoding="utf-8")))
@@ -332,7 +389,7 @@ def _evaluate_and_decide(
         ppo_cfg.beta,
         previous.overall_gain if previous else None,
         setup.cfg.rounds,
-        setup.cfg.controller_config(),
+        setup.cfg.controller,
     )
 
 
@@ -374,8 +431,6 @@ def refilter_prompts(setup: Setup, k: int, actor: Path, out: Path) -> None:
     """Write the round's prompt set: the re-filtered sub-domains' kept prompts (confidence-interval
     filter, METHODS §3, sampled by ``actor`` and scored by PPO's reward) plus every prompt of the
     other sub-domains. Kept when it already exists (a resumed round trains on the same set)."""
-    from align.filter.run import FilterConfig, run_filter
-
     if out.is_file():
         return
     cfg = setup.cfg
@@ -384,28 +439,32 @@ def refilter_prompts(setup: Setup, k: int, actor: Path, out: Path) -> None:
     work = out.parent / "filter"
     write_jsonl(pool, work / "pool.jsonl")
     result = run_filter(
-        FilterConfig(
-            **{
-                "seed": cfg.seed + k,
-                **cfg.refilter,
-                "prompts": str(work / "pool.jsonl"),
-                "policy": str(actor),
-                "rewards": setup.base.rewards,
-                "chat_format": setup.base.chat_format,
-                "out": str(work / "kept.jsonl"),
-            }
+        dataclasses.replace(
+            cfg.refilter,
+            seed=cfg.seed + k,
+            prompts=str(work / "pool.jsonl"),
+            policy=str(actor),
+            rewards=setup.base.rewards,
+            chat_format=setup.base.chat_format,
+            out=str(work / "kept.jsonl"),
         )
     )
     stats = ("score_mean", "score_std")
     kept = [{key: v for key, v in r.items() if key not in stats} for r in result.kept]
-    write_jsonl([r for r in setup.prompts if r["category"] not in chosen] + kept, out)
+    rows = [r for r in setup.prompts if r["category"] not in chosen] + kept
+    if not rows:  # not written: a rerun would keep an empty prompt set
+        raise ValueError(
+            f"refilter: round {k} kept none of the {len(pool)} prompts of the re-filtered "
+            f"categories {sorted(chosen)} and no other category is left; loosen the "
+            "filter (std_quantile, mean_quantiles, keep) or re-filter fewer categories"
+        )
+    write_jsonl(rows, out)
 
 
 def evaluate_round(setup: Setup, actor: Path, rdir: Path) -> RoundMeasurements:
     """GSB of ``actor`` vs SFT per sub-domain (G_d) and the RM's alignment per sub-domain (A_d);
     writes ``answers.jsonl`` and ``evaluation.json`` into ``rdir``."""
-    from eval.gsb import summarize
-    from rm.functions import reward_inputs
+    from rm.functions import reward_inputs  # lazy: loads transformers; off 'align pei --help'
 
     rows = setup.eval_rows
     sft_answers = _sft_answers(setup)
@@ -422,7 +481,7 @@ def evaluate_round(setup: Setup, actor: Path, rdir: Path) -> RoundMeasurements:
         ],
         rdir / "answers.jsonl",
     )
-    _write_json(rdir / "evaluation.json", {"gsb": gsb.to_dict(), "rm_alignment": alignment})
+    atomic_write_json(rdir / "evaluation.json", {"gsb": gsb.to_dict(), "rm_alignment": alignment})
     per_category = {row.category: row for row in gsb.rows}
     return RoundMeasurements(
         gain={c: row.net_win_rate for c, row in per_category.items()},
@@ -436,8 +495,7 @@ def evaluate_round(setup: Setup, actor: Path, rdir: Path) -> RoundMeasurements:
 def rm_alignment(setup: Setup) -> dict[str, dict]:
     """Accuracy (r_chosen > r_rejected) of PPO's reward on the labelled pairs, per category.
     The reward does not change between rounds, so it is measured once (``rm_alignment.json``)."""
-    from collections import defaultdict
-
+    # lazy: these load transformers, kept off 'align pei --help'
     from eval.judges import RewardJudge
     from rm.functions import reward_inputs, rewards_from_config
 
@@ -459,26 +517,22 @@ def rm_alignment(setup: Setup) -> dict[str, dict]:
         if ok:
             hits[p["category"]].append(c > r)
     result = {c: {"n": len(h), "accuracy": sum(h) / len(h)} for c, h in sorted(hits.items())}
-    _write_json(path, result)
+    atomic_write_json(path, result)
     return result
 
 
 def _judge(cfg: PEIConfig):
     if cfg.llm_judge:
-        from eval.llm_judge import LLMJudge
-
-        return LLMJudge(**cfg.llm_judge)
-    from eval.judges import RewardJudge
+        return LLMJudge.from_config(cfg.llm_judge)
+    from eval.judges import RewardJudge  # lazy: loads transformers; off 'align pei --help'
 
     return RewardJudge.from_config(cfg.judge, margin=cfg.judge_margin)
 
 
 def _answers(model_dir: Path, setup: Setup) -> list[str]:
     """Greedy answers of the policy in ``model_dir`` to the eval prompts."""
+    # lazy: transformers' Auto classes (~2 s) stay off 'align pei --help'
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from eval.generation import generate_answers
-    from rollouts.base import SamplingParams
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
@@ -508,17 +562,11 @@ def _sft_answers(setup: Setup) -> list[str]:
 
 
 def _prompt_key(row: dict, setup: Setup) -> str:
-    import hashlib
-
-    from align.core.data import messages_of
-
     what = [messages_of(row), setup.base.max_new_tokens, setup.base.max_prompt_length]
     return hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def _summary_line(d: Decision) -> str:
-    from align.pei.controller import ARROWS
-
     moves = ", ".join(f"{c} {ARROWS[s]}" for c, s in d.steps.items() if s)
     stop = f"; stop: {d.stop_reason}" if d.stop else ""
     return (
@@ -527,18 +575,7 @@ def _summary_line(d: Decision) -> str:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, value) -> None:
-    _write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-
-
 def write_report(setup: Setup, decisions: list[Decision]) -> Path:
-    from align.pei.report import write_pei_report
+    from align.pei.report import write_pei_report  # lazy: loads matplotlib
 
     return write_pei_report(setup.out, decisions)

@@ -6,17 +6,25 @@ With no model or data paths the tiny world is used (built on first use).
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from align.core.checkpoints import checkpoint_to_resume
 from align.core.data import load_records
+from align.core.models import check_model_dir, load_pretrained
+from align.core.outputs import check_output_dir
 from align.ppo.config import PPOConfig
-from align.ppo.trainer import PPOTrainer
-from rm.functions import rewards_from_config
+from align.ppo.trainer import PPOTrainer, make_accelerator
+from align.tiny.build import build_tiny_world, make_reward_backbone
+from rm.functions import check_reward_columns, rewards_from_config
 from rollouts.base import RolloutEngine
+from rollouts.factory import engine_options as options_of
+from rollouts.factory import make_engine
 
 
 def _resolve_paths(cfg: PPOConfig) -> dict[str, Path | None]:
@@ -26,8 +34,6 @@ def _resolve_paths(cfg: PPOConfig) -> dict[str, Path | None]:
     )
     world = None
     if needs_tiny:
-        from align.tiny.build import build_tiny_world
-
         world, _ = build_tiny_world()
     return {
         "policy": Path(cfg.policy) if cfg.policy else world.policy,
@@ -43,32 +49,32 @@ def _resolve_paths(cfg: PPOConfig) -> dict[str, Path | None]:
 
 
 def load_models(paths: dict, seed: int):
-    """``(actor, reference, critic, tokenizer)``; safetensors only, no remote code."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
+    """``(actor, reference, critic, tokenizer)``; safetensors only, no remote code. Every
+    directory is checked before the first one loads (one line naming the field if one is bad)."""
+    for name in ("policy", "critic", "reference"):
+        if paths.get(name) is not None:
+            check_model_dir(paths[name], name)
     tokenizer = AutoTokenizer.from_pretrained(paths["policy"])
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    actor = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True)
+    actor = load_pretrained(AutoModelForCausalLM, paths["policy"], "policy")
     reference = (
-        AutoModelForCausalLM.from_pretrained(paths["reference"], use_safetensors=True)
+        load_pretrained(AutoModelForCausalLM, paths["reference"], "reference")
         if paths.get("reference")
         else copy.deepcopy(actor)
     )
     if paths["critic"] is not None:
-        critic = AutoModelForSequenceClassification.from_pretrained(
-            paths["critic"], num_labels=1, use_safetensors=True
+        critic = load_pretrained(
+            AutoModelForSequenceClassification, paths["critic"], "critic", num_labels=1
         )
     else:
-        from align.tiny.build import make_reward_backbone
-
         critic = make_reward_backbone(actor, seed)
     return actor, reference, critic, tokenizer
 
 
 def add_lora(actor, critic, cfg: PPOConfig):
     """LoRA adapters on actor and critic (the critic's scalar head stays fully trainable)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # lazy: peft only for LoRA runs
 
     def lora(task_type: str) -> LoraConfig:
         return LoraConfig(
@@ -83,68 +89,39 @@ def add_lora(actor, critic, cfg: PPOConfig):
 
 
 def engine_options(cfg: PPOConfig) -> dict:
-    """The factory options of ``cfg.rollout_engine`` from the flat ``vllm_*`` fields."""
-    if cfg.rollout_engine == "hf":
-        return {"batch_size": 64}
-    server = {
-        "timeout_s": cfg.vllm_server_timeout_s,
-        "weight_sync": cfg.vllm_server_weight_sync,
-        "sync_address": cfg.vllm_server_sync_address,
-        "server_workers": cfg.vllm_server_workers,
-    }
-    if cfg.rollout_engine == "vllm-server" and cfg.vllm_server_url:
-        return {"url": cfg.vllm_server_url, **server}
-    options = {
-        "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-        "tensor_parallel_size": cfg.vllm_tensor_parallel_size,
-        "max_model_len": cfg.vllm_max_model_len,
-        "dtype": cfg.vllm_dtype,
-        "enable_sleep_mode": cfg.vllm_sleep_mode,
-        "kv_cache_memory_bytes": cfg.vllm_kv_cache_bytes,
-        "seed": cfg.seed,
-    }
-    if cfg.rollout_engine == "vllm-server":
-        options.update(server)
-    return options
+    """The factory options of ``cfg.rollout.engine`` (:func:`rollouts.factory.engine_options`;
+    an unset vLLM seed is the run's seed)."""
+    return options_of(cfg.rollout, cfg.seed)
 
 
 def build_engine(cfg: PPOConfig, actor: torch.nn.Module, tokenizer, policy_path: Path):
     """``hf`` generates with the live actor; vLLM engines load the policy directory (the actor's
-    starting weights) and follow the actor through weight sync. ``vllm_dtype: auto`` means the
-    actor's dtype: vLLM's own "auto" may pick bfloat16 for a float32 checkpoint, and the
+    starting weights) and follow the actor through weight sync. ``rollout.vllm.dtype: auto``
+    means the actor's dtype: vLLM's own "auto" may pick bfloat16 for a float32 checkpoint, and the
     sampling logprobs would then drift from the trainer's (the logged gap shows it).
 
     With several training processes, ``vllm`` runs one engine in each process and
     ``vllm-server`` sends every process's prompts to one server (one that is running, or one the
     main process starts)."""
-    import os
-
-    from rollouts.factory import make_engine
-
-    if cfg.rollout_engine == "hf":
+    engine = cfg.rollout.engine
+    if engine == "hf":
         return make_engine("hf", actor, tokenizer, **engine_options(cfg))
     options = engine_options(cfg)
     if options.get("dtype") == "auto":
         options["dtype"] = str(next(actor.parameters()).dtype).removeprefix("torch.")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from align.ppo.trainer import make_accelerator
-
         # the trainer's process group first: vLLM's external launcher joins it, and a server's
         # URL travels over it
         accelerator = make_accelerator(cfg)
-        if cfg.rollout_engine == "vllm-server" and "url" not in options:
+        if engine == "vllm-server" and not options.get("url"):
             return _server_for_every_process(accelerator, cfg, tokenizer, policy_path, options)
-    return make_engine(cfg.rollout_engine, policy_path, tokenizer, **options)
+    return make_engine(engine, policy_path, tokenizer, **options)
 
 
 def _server_for_every_process(
     accelerator, cfg: PPOConfig, tokenizer, policy_path: Path, options: dict
 ):
     """The main process starts the server; the others connect to the URL it broadcasts."""
-    from accelerate.utils import broadcast_object_list
-
-    from rollouts.factory import make_engine
-
     engine, url = None, [None]
     try:
         if accelerator.is_main_process:
@@ -157,16 +134,40 @@ def _server_for_every_process(
     if url[0] is None:
         raise RuntimeError("the main process could not start the vLLM server (see its error)")
     return make_engine("vllm-server", policy_path, tokenizer, url=url[0],
-                       timeout_s=cfg.vllm_server_timeout_s)  # fmt: skip
+                       timeout_s=cfg.rollout.server.timeout_s)  # fmt: skip
+
+
+def check_paths(cfg: PPOConfig) -> None:
+    """What can be checked before anything is built or loaded: ``output_dir`` takes writes, and
+    every model directory the config names holds a config and safetensors weights. Each
+    failure is one line naming the field and the path."""
+    check_output_dir(cfg.output_dir, "output_dir")
+    for name in ("policy", "critic", "reference"):
+        if getattr(cfg, name) and not (name == "critic" and cfg.critic_from_policy):
+            check_model_dir(getattr(cfg, name), name)
+
+
+def load_prompts(path: Path, field: str) -> list[dict]:
+    """The prompt records of ``path``; ValueError naming ``field`` and the file when it has
+    none (training has nothing to sample, evaluation would be skipped silently)."""
+    rows = load_records(path, "prompts").to_list()
+    if not rows:
+        raise ValueError(f"{field}: {path} has no prompt records (the file is empty)")
+    return rows
 
 
 def build_trainer(cfg: PPOConfig, engine: RolloutEngine | None = None) -> PPOTrainer:
-    """Everything from the config; ``engine`` replaces the one ``cfg.rollout_engine`` names."""
+    """Everything from the config; ``engine`` replaces the one ``cfg.rollout.engine`` names."""
+    check_paths(cfg)
     resume = checkpoint_to_resume(cfg.output_dir, cfg.resume_from, "PPO", "trainer_state.pt")
     torch.manual_seed(cfg.seed)
     paths = _resolve_paths(cfg)
-    prompts = load_records(paths["prompts"], "prompts").to_list()
-    eval_prompts = load_records(paths["eval_prompts"], "prompts").to_list()
+    prompts = load_prompts(paths["prompts"], "prompts")
+    eval_prompts = load_prompts(paths["eval_prompts"], "eval_prompts")
+    rewards = rewards_from_config(cfg.rewards)
+    # before any model loads or anything is sampled
+    for field, rows in (("prompts", prompts), ("eval_prompts", eval_prompts)):
+        check_reward_columns(rewards, rows, f"{field} {paths[field]}")
     actor, reference, critic, tokenizer = load_models(paths, cfg.seed)
     if cfg.lora_r:
         actor, critic = add_lora(actor, critic, cfg)
@@ -179,7 +180,7 @@ def build_trainer(cfg: PPOConfig, engine: RolloutEngine | None = None) -> PPOTra
         reference,
         critic,
         tokenizer,
-        rewards_from_config(cfg.rewards),
+        rewards,
         prompts,
         engine,
         eval_prompts,

@@ -15,8 +15,6 @@ The math lives in :mod:`align.core.core_algos`; this module orchestrates.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,14 +23,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 
 from align.core import core_algos as ca
+from align.core import distributed
 from align.core.chat_formats import get_chat_format
-from align.core.checkpoints import atomic_checkpoint
+from align.core.checkpoints import atomic_checkpoint, load_data_only, restore_accelerate_state
 from align.core.data import messages_of
+from align.core.io import METRICS_FILE, MetricsFile, open_metrics
 from align.core.mixture import MixtureSampler
 from align.ppo.config import PPOConfig
-from rm.functions import WeightedReward, combine_rewards, reward_inputs, score_rewards
+from rm.functions import WeightedReward, reward_inputs, score_rewards
 from rm.model import token_scores
 from rollouts.base import RolloutBatch, RolloutEngine, SamplingParams, left_pad, right_pad
 
@@ -193,6 +194,7 @@ class PPOTrainer:
         )
         self.score_stats = ca.RunningMoments()
         self.step, self.bad_steps = 0, 0
+        self.non_finite: set[str] = set()  # what was not finite in the current run of bad steps
         self.synced_at_step: int | None = None
         self.out = Path(cfg.output_dir)
         self.sampling = SamplingParams(
@@ -215,7 +217,7 @@ class PPOTrainer:
 
     def _prepare(self, model: ActorCritic):
         """One AdamW with the actor's and the critic's learning rates as two parameter groups."""
-        from transformers import get_scheduler
+        from transformers import get_scheduler  # lazy: transformers.optimization loads peft
 
         cfg = self.cfg
         groups = [
@@ -236,10 +238,9 @@ class PPOTrainer:
             num_warmup_steps=cfg.warmup_steps * per_step,
             num_training_steps=cfg.total_steps * per_step,
         )
-        if self.accelerator.distributed_type == "DEEPSPEED":
-            ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
-            ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
-            ds["gradient_clipping"] = cfg.max_grad_norm
+        distributed.configure_deepspeed(
+            self.accelerator, cfg.micro_batch_size, gradient_clipping=cfg.max_grad_norm
+        )
         return self.accelerator.prepare(model, optimizer, scheduler)
 
     def _prepare_reference(self, reference: torch.nn.Module | None):
@@ -248,7 +249,7 @@ class PPOTrainer:
             return None
         reference.eval().requires_grad_(False)
         if self.accelerator.distributed_type == "DEEPSPEED":
-            from trl.models import prepare_deepspeed
+            from trl.models import prepare_deepspeed  # lazy: trl loads peft; DeepSpeed only
 
             return prepare_deepspeed(reference, self.accelerator)
         return reference.to(self.accelerator.device)
@@ -271,7 +272,7 @@ class PPOTrainer:
     ):
         """Generate with the engine, first syncing the actor's weights into it when due: at the
         first call, every ``sync_every`` steps, and when ``force_sync`` (evaluation)."""
-        from trl.models import unwrap_model_for_generation
+        from trl.models import unwrap_model_for_generation  # lazy: trl loads peft
 
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
             if self._sync_due(force_sync):
@@ -297,7 +298,7 @@ class PPOTrainer:
             return True
         if self.synced_at_step == self.step:  # weights only change between steps
             return False
-        return force or self.step - self.synced_at_step >= self.cfg.sync_every
+        return force or self.step - self.synced_at_step >= self.cfg.rollout.sync_every
 
     def _reference_logprobs(self, exp: Experience) -> torch.Tensor:
         if self.reference is not None:
@@ -362,26 +363,25 @@ class PPOTrainer:
             stacked = self.accelerator.reduce(stacked, reduction="sum")
         return list(stacked)
 
-    def _whiten_globally(self, x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8):
-        total, squares, count = self._global_sum(
-            ca.masked_sum(x, mask), ca.masked_sum(x * x, mask), mask.sum()
-        )
-        mean = total / count.clamp(min=1)
-        var = (squares - count * mean * mean) / (count - 1).clamp(min=1)
-        return ((x - mean.to(x.dtype)) * torch.rsqrt(var.to(x.dtype) + eps)) * mask
+    def _sum_over_processes(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (any shape) summed over every process, added up in float64; same shape, dtype
+        and device (the ``reduce`` of :func:`align.core.core_algos.masked_whiten`)."""
+        return torch.stack(self._global_sum(*x.reshape(-1))).reshape(x.shape).to(x)
 
     def compute_advantages(self, exp: Experience) -> torch.Tensor:
         """Shape rewards, GAE, whiten; fills ``exp.advantages``/``returns``; returns KL [N, T]."""
         cfg = self.cfg
         scores = exp.scores
         if cfg.normalize_rewards:
-            self.score_stats.update(self.accelerator.gather(scores))
+            # Dropped samples (no tokens left in the mask) carry only a placeholder score.
+            kept = self.accelerator.gather(exp.mask.any(dim=1))
+            self.score_stats.update(self.accelerator.gather(scores)[kept])
             scores = self.score_stats.normalize(scores)
         kl = ca.kl_penalty(exp.old_logprobs, exp.ref_logprobs, exp.mask, cfg.kl_estimator)
         rewards = ca.shape_rewards(scores, kl, exp.mask, self.kl_ctl.value, cfg.score_clip)
         advantages, returns = ca.gae(rewards, exp.values, exp.mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
-            advantages = self._whiten_globally(advantages, exp.mask)
+            advantages = ca.masked_whiten(advantages, exp.mask, reduce=self._sum_over_processes)
         exp.advantages, exp.returns = advantages, returns
         return kl
 
@@ -411,8 +411,22 @@ class PPOTrainer:
         }
         return pg_loss, vf_loss, stats
 
-    def _optimizer_step(self, minibatch: Experience) -> dict[str, torch.Tensor] | None:
-        """One step over a minibatch in micro-batches; None when a loss was not finite."""
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip the actor's and the critic's gradients to ``max_grad_norm`` each; returns their
+        norms before clipping, ``[2]`` float64 on the CPU. DeepSpeed clips in its own step (and
+        skips a step whose norm is not finite): its global norm then stands for both."""
+        acc, limit = self.accelerator, self.cfg.max_grad_norm
+        if acc.distributed_type == "DEEPSPEED":
+            norm = acc.clip_grad_norm_(self.model.parameters(), limit)  # the engine's, no clipping
+            return torch.full((2,), 0.0 if norm is None else float(norm), dtype=torch.float64)
+        models = acc.unwrap_model(self.model)
+        norms = [acc.clip_grad_norm_(m.parameters(), limit) for m in (models.actor, models.critic)]
+        return torch.stack([torch.as_tensor(n, dtype=torch.float64).cpu() for n in norms])
+
+    def _optimizer_step(self, minibatch: Experience) -> dict[str, torch.Tensor] | str:
+        """One step over a minibatch in micro-batches; returns its stats. When a loss or a
+        gradient norm is not finite on any process, every process skips the step together and
+        it returns what was not finite: ``"loss"`` or ``"gradient norm"``."""
         (num_tokens,) = self._global_sum(minibatch.mask.sum())
         num_tokens = num_tokens.float().clamp(min=1)
         totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
@@ -425,14 +439,13 @@ class PPOTrainer:
             self.accelerator.backward(pg_loss + vf_loss)
             for k, v in stats.items():
                 totals[k] += v.detach().double().cpu()
-        (all_finite,) = self._global_sum(torch.tensor(float(not finite)))
-        if all_finite > 0:  # every process skips together
+        norms = self._clip_gradients()
+        bad_loss, bad_grad = self._global_sum(
+            torch.tensor(float(not finite)), torch.tensor(float(not torch.isfinite(norms).all()))
+        )
+        if bad_loss > 0 or bad_grad > 0:  # every process skips together
             self.optimizer.zero_grad()
-            return None
-        if self.accelerator.distributed_type != "DEEPSPEED":  # DeepSpeed clips in its step
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            self.accelerator.clip_grad_norm_(unwrapped.actor.parameters(), self.cfg.max_grad_norm)
-            self.accelerator.clip_grad_norm_(unwrapped.critic.parameters(), self.cfg.max_grad_norm)
+            return "loss" if bad_loss > 0 else "gradient norm"
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad()
@@ -449,8 +462,9 @@ class PPOTrainer:
             order = torch.randperm(n, generator=gen).to(exp.mask.device)
             for start in range(0, n, size):
                 stats = self._optimizer_step(exp.select(order[start : start + size]))
-                if stats is None:
+                if isinstance(stats, str):  # skipped: what was not finite
                     collected["skipped"].append(torch.ones((), dtype=torch.float64))
+                    self.non_finite.add(stats)
                     continue
                 for k, v in stats.items():
                     collected[k].append(v)
@@ -477,52 +491,67 @@ class PPOTrainer:
         self._check_finite(stats)
         seq_kl = ca.masked_sum(kl, exp.mask, dim=1)
         metrics = self._rollout_metrics(exp, info, seq_kl)
-        self.kl_ctl.update(metrics["objective/kl"], self.cfg.rollout_batch_size)
+        if metrics["objective/kl"] == metrics["objective/kl"]:  # NaN when every sample dropped
+            self.kl_ctl.update(metrics["objective/kl"], self.cfg.rollout_batch_size)
         return {**metrics, **stats, **times}
 
     def _check_finite(self, stats: dict) -> None:
+        """Count PPO steps whose every optimizer step was skipped (a non-finite loss or gradient
+        norm); ``max_bad_steps`` of them in a row raise ``FloatingPointError`` naming the step."""
         world = self.accelerator.num_processes
         if stats.get("skipped", 0) and len(stats) == 1:
             self.bad_steps += 1
             if self.bad_steps >= self.cfg.max_bad_steps:
+                what = " and ".join(c for c in ("loss", "gradient norm") if c in self.non_finite)
                 raise FloatingPointError(
-                    f"non-finite loss in {self.bad_steps} PPO steps in a "
-                    "row; lower the learning rates or check the rewards"
+                    f"non-finite {what} in {self.bad_steps} PPO steps in a row, the last at "
+                    f"step {self.step + 1}; lower the learning rates or check the rewards"
                 )
             stats["skipped"] /= world
         else:
             self.bad_steps = 0
+            self.non_finite.clear()
 
-    def _mean_over_samples(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Global means of per-sample tensors ``{name: [N_local]}``."""
+    def _mean_over_samples(
+        self, values: dict[str, torch.Tensor], kept: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """Global means of per-sample tensors ``{name: [N_local]}`` over the samples where
+        ``kept`` ``[N_local]`` (bool) is True, all when None; NaN when none is kept anywhere."""
         names = list(values)
+        if kept is None:
+            kept = torch.ones(next(iter(values.values())).numel(), dtype=torch.bool)
         sums = self._global_sum(
-            *(values[k].sum() for k in names),
-            torch.tensor(float(next(iter(values.values())).numel())),
+            *(torch.where(kept, values[k], 0.0).sum() for k in names), kept.sum()
         )
         count = sums[-1]
-        return {k: float(s / count) for k, s in zip(names, sums[:-1])}
+        return {k: float(s / count) if count else float("nan") for k, s in zip(names, sums[:-1])}
 
     def _rollout_metrics(self, exp: Experience, info: dict, seq_kl: torch.Tensor) -> dict:
         non_score = -self.kl_ctl.value * seq_kl.cpu()
         scores = exp.scores.cpu()
-        per_sample = {
+        kept = ~info["dropped"]  # dropped samples have no score and no tokens: not averaged
+        per_kept = {
             "objective/kl": seq_kl.cpu(),
             "objective/scores": scores,
             "objective/non_score_reward": non_score,
             "objective/rlhf_reward": scores + non_score,
+            **{f"reward/{name}": s for name, s in info["parts"].items()},
+        }
+        per_sample = {
             "val/eos_rate": (~info["truncated"]).float(),
             "response_length": info["lengths"].float(),
-            **{f"reward/{name}": s for name, s in info["parts"].items()},
-            "reward/dropped": info["dropped"].float(),
+            "reward/dropped": info["dropped"].float(),  # the share dropped
         }
-        metrics = self._mean_over_samples(per_sample)
+        metrics = self._mean_over_samples(per_kept, kept)
+        metrics.update(self._mean_over_samples(per_sample))
+        metrics["reward/dropped_count"] = float(self._global_sum(info["dropped"].sum())[0])
         metrics.update(self._gap_metrics(*info["logprob_gap"]))
         metrics["objective/beta"] = self.kl_ctl.value
         metrics["lr/actor"] = self.scheduler.get_last_lr()[0]
         by_cat: dict[str, list[float]] = defaultdict(list)
-        for c, s in zip(info["categories"], scores.tolist()):
-            by_cat[c].append(s)
+        for c, s, ok in zip(info["categories"], scores.tolist(), kept.tolist()):
+            if ok:
+                by_cat[c].append(s)
         for c, s in by_cat.items():  # this process's samples; per-category means are indicative
             metrics[f"reward/category/{c}"] = sum(s) / len(s)
         return metrics
@@ -555,25 +584,28 @@ class PPOTrainer:
             )
         texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
         prompts, columns = reward_inputs(mine)
-        scores, _ = combine_rewards(self.rewards, prompts, texts, columns)
+        scored = score_rewards(self.rewards, prompts, texts, columns)
         results = list(
             zip(
                 [r["category"] for r in mine],
-                scores.tolist(),
+                scored.total.tolist(),
                 [f == "stop" for f in batch.finish_reasons],
+                scored.kept.tolist(),
             )
         )
         if world > 1:
-            from accelerate.utils import gather_object
-
             results = gather_object(results)
+
+        def kept_mean(picked: list[float]) -> float:  # dropped answers have no score
+            return sum(picked) / len(picked) if picked else float("nan")
+
         out = {
-            "eval/score": sum(s for _, s, _ in results) / len(results),
-            "eval/eos_rate": sum(e for _, _, e in results) / len(results),
+            "eval/score": kept_mean([s for _, s, _, ok in results if ok]),
+            "eval/eos_rate": sum(e for _, _, e, _ in results) / len(results),
+            "eval/dropped": float(sum(not ok for *_, ok in results)),
         }
-        for c in sorted({c for c, _, _ in results}):
-            picked = [s for k, s, _ in results if k == c]
-            out[f"eval/score/{c}"] = sum(picked) / len(picked)
+        for c in sorted({c for c, *_ in results}):
+            out[f"eval/score/{c}"] = kept_mean([s for k, s, _, ok in results if k == c and ok])
         return out
 
     def train(self, progress: Callable[[int, dict], None] = lambda step, m: None) -> dict:
@@ -607,8 +639,7 @@ class PPOTrainer:
     def _log(self, metrics: dict) -> None:
         if not self.accelerator.is_main_process:
             return
-        with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics, ensure_ascii=False) + "\n")
+        MetricsFile(self.out / METRICS_FILE).append(metrics)
         if self.cfg.report_to:
             self.accelerator.log(metrics, step=metrics["step"])
 
@@ -651,43 +682,17 @@ class PPOTrainer:
         """Restore everything :meth:`save_checkpoint` wrote, so training continues exactly."""
         if not (path / "trainer_state.pt").is_file():
             raise FileNotFoundError(f"{path}: not a PPO checkpoint (no trainer_state.pt)")
-        self.accelerator.load_state(str(path / "accelerate"))
-        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        state = load_data_only(path / "trainer_state.pt")  # data only: nothing in it runs
+        restore_accelerate_state(self.accelerator, path / "accelerate")
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.score_stats.load_state_dict(state["score_stats"])
         self.sampler.load_state_dict(state["sampler"])
         if self.accelerator.is_main_process:
-            self._truncate_metrics(self.step)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metrics logged after the checkpoint (a crashed run's tail) before continuing."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+            open_metrics(self.out / METRICS_FILE, self.step)  # drop a killed run's tail
 
 
 def make_accelerator(cfg: PPOConfig):
-    """An ``Accelerator`` that also runs several processes on a CPU-only machine (gloo).
-
-    Launched by torchrun without CUDA, accelerate would fall back to a non-distributed state in
-    every process; ``cpu=True`` makes it a gloo process group (MULTI_CPU) instead. DeepSpeed on CPU
-    keeps its own state and needs the gloo backend named explicitly.
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
-    kwargs: dict = {"log_with": cfg.report_to or None, "project_dir": cfg.output_dir}
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if launched and not torch.cuda.is_available():
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-            kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
-        else:
-            kwargs["cpu"] = True
-    return Accelerator(**kwargs)
+    """The run's ``Accelerator`` (trackers of ``report_to``), several processes on a CPU-only
+    machine included (:func:`align.core.distributed.make_accelerator`)."""
+    return distributed.make_accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)

@@ -2,7 +2,7 @@
 and the dynamic mixture per stage (METHODS §5, §6).
 
 A run is ``num_stages`` stages. Each stage draws ``stage_documents`` training documents by the
-current category weights (:func:`align.sft.data.epoch_composition`), composes them into bucket
+current category weights (:func:`align.core.mixture.epoch_composition`), composes them into bucket
 instances (:func:`align.pretrain.bucketing.bucket_documents`), and trains one pass over them with
 :class:`align.pretrain.bucket_sampler.BucketBatchSampler` (constant tokens per step, one bucket
 per step on
@@ -17,7 +17,7 @@ losses and stage summaries so far, metrics lines written). Each is written to a 
 and renamed once every process has written its part, so a crash never leaves half a checkpoint.
 ``resume_from: latest | DIR`` continues exactly: the stage's documents and bucket plan are
 recomputed from the restored mixture weights (a pure function of them and the seed), the sampler
-skips the batches already trained, and ``metrics.jsonl`` is cut back to the checkpoint's lines.
+skips the batches already trained, and ``metrics.jsonl`` is cut back to the checkpoint's steps.
 
 Loss: causal LM over every non-pad token, the mean over the tokens of the whole global step
 (all ranks, all micro-batches), from TRL's fused LM head (no ``[B, T, V]`` logits).
@@ -31,12 +31,25 @@ import random
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
+from accelerate.utils import GradientAccumulationPlugin
+from tqdm.auto import tqdm
 
-from align.core.checkpoints import atomic_checkpoint, checkpoint_to_resume
+from align.core import distributed
+from align.core.checkpoints import (
+    atomic_checkpoint,
+    checkpoint_to_resume,
+    restore_accelerate_state,
+)
+from align.core.config import check_ranges, config_to_yaml, load_config
 from align.core.config import help_field as _help
+from align.core.data import DataError, load_records, messages_of, read_table, split_held_out
+from align.core.io import METRICS_FILE, MetricsFile, atomic_write_json, open_metrics
+from align.core.mixture import epoch_composition, initial_mix
 from align.core.mixture_control import MixtureControlConfig, MixtureController
+from align.core.tensors import token_category_loss_sums
 from align.pretrain.bucket_sampler import BucketBatchSampler
 from align.pretrain.bucketing import (
     BucketConfig,
@@ -45,55 +58,73 @@ from align.pretrain.bucketing import (
     materialize,
     plan_metrics,
 )
-from align.sft.data import epoch_composition, initial_mix
+from align.tiny.build import build_tiny_world
 
 
 @dataclass
 class PretrainConfig:
-    """Every knob of ``recipes/pretrain.py``. [S] a source states it, [P] ours."""
+    """Every knob of ``align pretrain`` / ``recipes/pretrain.py``. [S] a source states it, [P]
+    ours."""
+
+    config_renames: ClassVar[dict[str, str]] = {
+        "resume_from_checkpoint": "resume_from",
+        "mix_eta": "mix.eta",
+        "mix_min_factor": "mix.min_factor",
+        "mix_max_factor": "mix.max_factor",
+        "mix_overfit_tolerance": "mix.overfit_tolerance",
+    }
 
     model: str | None = _help("Causal LM directory; none = the tiny world's policy.")
     docs: str | None = _help(
         "Documents {text, category?} (JSONL / Parquet / CSV); none = tiny-world documents."
     )
     eval_docs: str | None = _help("Held-out documents; none = an eval_share split of docs.")
-    eval_share: float = _help("Held-out share of docs per category when eval_docs is none.", 0.05)
+    eval_share: float = _help(
+        "Held-out share of docs per category when eval_docs is none.", 0.05, gt=0, lt=1
+    )
     output_dir: str = _help("Run directory.", "runs/pretrain")
     buckets: list[int] = _help(
         "Instance lengths [S: 2k/4k/8k/16k].", factory=lambda: [2048, 4096, 8192, 16384]
     )
-    pad_threshold: float = _help("Largest padded share of an instance [P].", 0.1)
-    pool_size: int = _help("Documents composed together [P].", 10_000)
+    pad_threshold: float = _help("Largest padded share of an instance [P].", 0.1, ge=0, lt=1)
+    pool_size: int = _help("Documents composed together [P].", 10_000, ge=1)
     tokens_per_step: int = _help(
-        "Tokens per optimizer step over all processes; a multiple of bucket × processes.", 4_194_304
+        "Tokens per optimizer step over all processes; a multiple of bucket × processes.",
+        4_194_304,
+        ge=1,
     )
     micro_batch_tokens: int | None = _help(
         "Tokens per forward per process (gradient accumulation); none = the whole step slice.",
+        ge=1,
     )
-    num_stages: int = _help("Stages; the mixture moves between them.", 1)
-    stage_documents: int | None = _help("Documents drawn per stage; none = all training docs.")
+    num_stages: int = _help("Stages; the mixture moves between them.", 1, ge=1)
+    stage_documents: int | None = _help(
+        "Documents drawn per stage; none = all training docs.", ge=1
+    )
     category_weights: dict[str, float] | None = _help(
         "Initial category shares; none = as in the data (XuanYuan2: finance 1:9 -> 1:4 [S])."
     )
     dynamic_mix: bool = _help("Move the weights after each stage by held-out loss [S].", True)
-    mix_eta: float = _help("Controller step size η [P].", 0.3)
-    mix_min_factor: float = _help("Lowest weight / initial weight [P].", 0.5)
-    mix_max_factor: float = _help("Highest weight / initial weight [P].", 2.0)
-    mix_overfit_tolerance: float = _help("Held-out rise above its best that means overfit.", 0.01)
-    learning_rate: float = _help("Peak AdamW learning rate.", 1e-5)
-    warmup_steps: int = _help("Linear warm-up optimizer steps, then constant.", 0)
-    weight_decay: float = _help("AdamW weight decay.", 0.0)
-    max_grad_norm: float = _help("Gradient clipping norm (0 = off).", 1.0)
-    eval_batch_size: int = _help("Held-out documents per forward.", 8)
+    mix: MixtureControlConfig = _help(
+        "The mixture controller [P] (METHODS §6).", factory=MixtureControlConfig
+    )
+    learning_rate: float = _help("Peak AdamW learning rate.", 1e-5, ge=0)
+    warmup_steps: int = _help("Linear warm-up optimizer steps, then constant.", 0, ge=0)
+    weight_decay: float = _help("AdamW weight decay.", 0.0, ge=0)
+    max_grad_norm: float = _help("Gradient clipping norm (0 = off).", 1.0, ge=0)
+    eval_batch_size: int = _help("Held-out documents per forward.", 8, ge=1)
     add_eos: bool = _help("Append the EOS token to every document.", True)
-    logging_steps: int = _help("Log every N steps.", 10)
-    seed: int = _help("Seed of the draws, the bucket order and the model init.", 0)
+    logging_steps: int = _help("Log every N steps.", 10, ge=1)
+    seed: int = _help("Seed of the draws, the bucket order and the model init.", 0, ge=0)
     save_every: int = _help(
         "Checkpoint every N optimizer steps; 0 = only at the end of each stage (always written).",
         0,
+        ge=0,
     )
     save_total_limit: int | None = _help(
-        "Keep only the N most recent checkpoints (older ones are deleted); none = keep all.", None
+        "Keep only the N most recent checkpoints (older ones are deleted); none = keep all.",
+        None,
+        ge=1,
     )
     resume_from: str | None = _help(
         "Checkpoint to continue from: 'latest' (highest checkpoints/step-N of output_dir) or a "
@@ -101,19 +132,8 @@ class PretrainConfig:
     )
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         BucketConfig(tuple(self.buckets), self.pad_threshold, self.pool_size)  # validates
-        self.controller_config()
-        for name in ("tokens_per_step", "num_stages", "eval_batch_size", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        if self.save_every < 0:
-            raise ValueError(f"save_every: expected >= 0, got {self.save_every}")
-        if self.save_total_limit is not None and self.save_total_limit < 1:
-            raise ValueError(
-                f"save_total_limit: expected >= 1 or none, got {self.save_total_limit}"
-            )
-        if not 0 < self.eval_share < 1:
-            raise ValueError(f"eval_share: expected in (0, 1), got {self.eval_share}")
         if self.micro_batch_tokens is not None and self.micro_batch_tokens % max(self.buckets):
             raise ValueError(
                 f"micro_batch_tokens: expected a multiple of the largest bucket "
@@ -121,23 +141,19 @@ class PretrainConfig:
             )
 
     def controller_config(self) -> MixtureControlConfig:
-        return MixtureControlConfig(
-            self.mix_eta, self.mix_min_factor, self.mix_max_factor, self.mix_overfit_tolerance
-        )
+        return self.mix
 
     def bucket_config(self) -> BucketConfig:
         return BucketConfig(tuple(self.buckets), self.pad_threshold, self.pool_size)
 
     @classmethod
     def from_sources(cls, config=None, overrides: list[str] = ()) -> PretrainConfig:
-        from align.core.config import values_from_sources
-
-        return cls(**{"output_dir": "runs/pretrain", **values_from_sources(cls, config, overrides)})
+        """YAML file (optional) then ``--field value`` overrides; unknown fields are errors."""
+        return load_config(cls, config, overrides)
 
     def to_yaml(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(asdict(self), allow_unicode=True, sort_keys=False)
+        """The resolved config as YAML (reads back to an equal config)."""
+        return config_to_yaml(self)
 
 
 # --------------------------------------------------------------------------- documents
@@ -154,8 +170,6 @@ class Corpus:
 
 def read_documents(path: str | Path) -> list[dict]:
     """``{text, category}`` rows (``category`` defaults to ``"default"``); errors name the row."""
-    from align.core.data import DataError, read_table
-
     rows = []
     for k, row in enumerate(read_table(path), start=1):
         text = row.get("text")
@@ -180,8 +194,6 @@ def tokenize_documents(rows: list[dict], tokenizer, categories: list[str], add_e
 def tiny_documents(world, seed: int) -> list[dict]:
     """Documents of varied length from the tiny world: runs of 1-16 same-category Q&A texts
     (log-normal count), one category per document."""
-    from align.core.data import load_records, messages_of
-
     rng = random.Random(seed)
     by_cat: dict[str, list[str]] = {}
     for r in load_records(world.data("prefs"), "prefs"):
@@ -199,25 +211,13 @@ def tiny_documents(world, seed: int) -> list[dict]:
     return docs
 
 
-def _split_held_out(rows: list[dict], share: float, seed: int) -> tuple[list, list]:
-    by_cat: dict[str, list[dict]] = {}
-    for r in rows:
-        by_cat.setdefault(r["category"], []).append(r)
-    train, held = [], []
-    for _, group in sorted(by_cat.items()):
-        random.Random(seed).shuffle(group)
-        k = max(1, round(share * len(group)))
-        train, held = train + group[:-k], held + group[-k:]
-    return train, held
-
-
 def load_corpora(cfg: PretrainConfig, tokenizer, world=None) -> tuple[Corpus, Corpus]:
     """Training and held-out corpora (tokenized, EOS appended when ``add_eos``)."""
     rows = read_documents(cfg.docs) if cfg.docs else tiny_documents(world, cfg.seed)
     if cfg.eval_docs:
         train, held = rows, read_documents(cfg.eval_docs)
     else:
-        train, held = _split_held_out(rows, cfg.eval_share, cfg.seed)
+        train, held = split_held_out(rows, cfg.eval_share, cfg.seed)
     categories = sorted({r["category"] for r in train})
     held = [r for r in held if r["category"] in set(categories)]
     return (
@@ -227,23 +227,6 @@ def load_corpora(cfg: PretrainConfig, tokenizer, world=None) -> tuple[Corpus, Co
 
 
 # --------------------------------------------------------------------------- math
-
-
-def token_category_loss_sums(
-    nll: torch.Tensor, categories: torch.Tensor, n: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-category sums of token NLL and token counts.
-
-    ``nll`` [B, T] (any value where ``categories`` is -1), ``categories`` [B, T] in
-    ``[-1, n)``, -1 = not a loss token. Returns ``(nll_sum [n], count [n])``.
-    """
-    keep = categories >= 0
-    ids = categories[keep].long()
-    sums = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add(0, ids, nll[keep])
-    counts = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add(
-        0, ids, torch.ones_like(nll[keep])
-    )
-    return sums, counts
 
 
 def instance_tensors(
@@ -273,7 +256,7 @@ class BucketPretrainer:
         self.accelerator = make_accelerator(self._micro_batches_per_step())
         self.accum = self.accelerator.gradient_accumulation_steps
         self.out = Path(cfg.output_dir)
-        self.step, self.logged = 0, 0  # optimizer steps taken, metrics lines written
+        self.step = 0  # optimizer steps taken
         # where the run stands: the stage, the batches of its sampler already trained, the
         # held-out losses before training (None = not started) and the finished stages
         self.stage, self.stage_step = 0, 0
@@ -300,18 +283,19 @@ class BucketPretrainer:
         return per_rank // micro
 
     def _prepare(self, model):
-        from trl.trainer.utils import add_fused_lm_head
+        from trl.trainer.utils import add_fused_lm_head  # lazy: trl loads peft
 
         add_fused_lm_head(model)
         cfg = self.cfg
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
-        if self.accelerator.distributed_type == "DEEPSPEED":
-            ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
-            ds["train_micro_batch_size_per_gpu"] = 1
-            ds["gradient_accumulation_steps"] = self.accum
-            ds["gradient_clipping"] = cfg.max_grad_norm
+        distributed.configure_deepspeed(
+            self.accelerator,
+            1,
+            gradient_accumulation_steps=self.accum,
+            gradient_clipping=cfg.max_grad_norm,
+        )
         return self.accelerator.prepare(model, optimizer)
 
     def learning_rate(self) -> float:
@@ -445,8 +429,6 @@ class BucketPretrainer:
             acc.process_index,
             cfg.seed * 7919 + stage,
         )
-        from tqdm.auto import tqdm
-
         bar = tqdm(
             total=len(sampler),
             initial=self.stage_step,
@@ -476,10 +458,9 @@ class BucketPretrainer:
         }
 
     def log(self, record: dict) -> None:
-        self.logged += 1
+        """One line of ``metrics.jsonl`` (main process); every record has its ``step``."""
         if self.accelerator.is_main_process:
-            with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            MetricsFile(self.out / METRICS_FILE).append(record)
 
     def train(self, progress=lambda step, metrics: None) -> dict:
         """Evaluate; then per stage: compose, train, evaluate, move the mixture, checkpoint.
@@ -543,24 +524,22 @@ class BucketPretrainer:
             "controller": self.controller.state_dict(),
             "held_out_before": self.held_out_before,
             "stages": self.stages,
-            "metrics_lines": self.logged,
             "config": asdict(self.cfg),
         }
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore everything :meth:`save_checkpoint` wrote; cut ``metrics.jsonl`` back to the
-        lines written before the checkpoint (a crashed run's tail is dropped)."""
+        checkpoint's steps (a crashed run's tail is dropped)."""
         if not (path / "trainer_state.json").is_file():
             raise FileNotFoundError(f"{path}: not a pretraining checkpoint (no trainer_state.json)")
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
         warn_config_changes(state["config"], self.cfg)
-        self.accelerator.load_state(str(path / "accelerate"))
+        restore_accelerate_state(self.accelerator, path / "accelerate")
         self.step, self.stage, self.stage_step = state["step"], state["stage"], state["stage_step"]
         self.controller.load_state_dict(state["controller"])
         self.held_out_before, self.stages = state["held_out_before"], state["stages"]
-        self.logged = state["metrics_lines"]
         if self.accelerator.is_main_process:
-            truncate_lines(self.out / "metrics.jsonl", self.logged)
+            open_metrics(self.out / METRICS_FILE, self.step)
         self.accelerator.wait_for_everyone()
 
     def save(self, path: Path) -> None:
@@ -573,16 +552,6 @@ class BucketPretrainer:
             )
             self.tokenizer.save_pretrained(path)
         acc.wait_for_everyone()
-
-
-def truncate_lines(path: Path, keep: int) -> None:
-    """Keep the first ``keep`` lines of ``path`` (written to a temporary file, then renamed)."""
-    if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[:keep]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    tmp.replace(path)
 
 
 # fields that may change on resume without changing the rest of the run
@@ -615,18 +584,9 @@ def resume_checkpoint(cfg: PretrainConfig) -> Path | None:
 def make_accelerator(accumulation_steps: int):
     """An ``Accelerator`` that accumulates ``accumulation_steps`` micro-batches per optimizer
     step by counting them (no dataloader here to mark an epoch's end), and that also runs several
-    processes on a CPU-only machine (gloo), as :func:`align.ppo.trainer.make_accelerator` does."""
-    from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
-
+    processes on a CPU-only machine (:func:`align.core.distributed.make_accelerator`)."""
     plugin = GradientAccumulationPlugin(num_steps=accumulation_steps, sync_with_dataloader=False)
-    kwargs: dict = {"gradient_accumulation_plugin": plugin}
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-            kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
-        else:
-            kwargs["cpu"] = True
-    return Accelerator(**kwargs)
+    return distributed.make_accelerator(gradient_accumulation_plugin=plugin)
 
 
 # --------------------------------------------------------------------------- run
@@ -635,13 +595,12 @@ def make_accelerator(accumulation_steps: int):
 def run(cfg: PretrainConfig, progress=lambda step, metrics: None) -> dict:
     """Load (and resume from ``cfg.resume_from``), train all stages, save ``output_dir/final``;
     write ``summary.json``/``report.md``."""
+    # lazy: transformers' Auto classes (~2 s) stay off 'align pretrain --help'
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resume = resume_checkpoint(cfg)
     world = None
     if cfg.model is None or cfg.docs is None:
-        from align.tiny.build import build_tiny_world
-
         world, _ = build_tiny_world()
     model_dir = cfg.model or str(world.policy)
     torch.manual_seed(cfg.seed)
@@ -655,7 +614,7 @@ def run(cfg: PretrainConfig, progress=lambda step, metrics: None) -> dict:
     trainer = BucketPretrainer(cfg, model, tokenizer, train, held)
     if trainer.accelerator.is_main_process:
         if resume is None:
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+            open_metrics(out / METRICS_FILE, None)
         (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     trainer.accelerator.wait_for_everyone()
     if resume is not None:
@@ -670,9 +629,7 @@ def run(cfg: PretrainConfig, progress=lambda step, metrics: None) -> dict:
         }
     )
     if trainer.accelerator.is_main_process:
-        tmp = out / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(out / "summary.json")
+        atomic_write_json(out / "summary.json", summary)
         (out / "report.md").write_text(report_markdown(summary), encoding="utf-8")
     trainer.accelerator.end_training()
     return summary

@@ -16,6 +16,8 @@ import torch
 from datasets import Dataset
 
 from align.core.chat_formats import ChatFormat, encode_with_assistant_mask, get_chat_format
+from align.core.mixture import epoch_composition
+from align.core.tensors import token_category_loss_sums
 
 IGNORE_INDEX = -100
 
@@ -95,94 +97,21 @@ def encode_sft_records(
 def category_loss_sums(
     log_probs: torch.Tensor, label_mask: torch.Tensor, category_ids: torch.Tensor, n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-category sums of token NLL and counts of supervised tokens.
+    """Per-category sums of token NLL and counts of supervised tokens, one category per row.
 
     Args: ``log_probs`` [B, T] (log-prob of each next-token label, any value where masked),
-    ``label_mask`` [B, T] bool, ``category_ids`` [B] in ``[0, n)``.
+    ``label_mask`` [B, T] (bool, or non-zero = supervised), ``category_ids`` [B] in ``[0, n)``.
     Returns ``(nll_sum [n], token_count [n])``; their ratio is the token-mean loss per category.
+    Each row's category is spread over its supervised tokens and the sums are those of
+    :func:`align.core.tensors.token_category_loss_sums` (shared with pretraining).
     """
-    mask = label_mask.to(log_probs.dtype)
-    row_nll = -(log_probs * mask).sum(-1)
-    row_tokens = mask.sum(-1)
-    sums = torch.zeros(n, dtype=log_probs.dtype, device=log_probs.device)
-    counts = torch.zeros(n, dtype=log_probs.dtype, device=log_probs.device)
-    ids = category_ids.to(log_probs.device).long()
-    return sums.index_add(0, ids, row_nll), counts.index_add(0, ids, row_tokens)
+    ids = category_ids.to(log_probs.device).long()[:, None]
+    supervised = label_mask.to(log_probs.device) != 0
+    token_categories = torch.where(supervised, ids, torch.full_like(ids, -1))
+    return token_category_loss_sums(-log_probs, token_categories, n)
 
 
 # --------------------------------------------------------------------------- the mix
-
-
-def initial_mix(
-    counts: Mapping[str, int],
-    general_categories: Sequence[str] = (),
-    general_finance_ratio: float | None = None,
-    weights: Mapping[str, float] | None = None,
-) -> dict[str, float]:
-    """Initial category shares (sum 1).
-
-    ``weights`` given: those, normalised. Else with ``general_finance_ratio`` r (XuanYuan-70B:
-    4 [S]): the general categories share r/(r+1) and the others 1/(r+1), each group split in
-    proportion to row counts. Else: proportional to row counts.
-    """
-    if weights:
-        unknown = set(weights) - set(counts)
-        if unknown:
-            raise ValueError(f"category_weights: unknown categories {sorted(unknown)}")
-        total = sum(weights.get(c, 0.0) for c in counts)
-        if total <= 0 or any(w < 0 for w in weights.values()):
-            raise ValueError(f"category_weights: expected >= 0 with a positive sum, got {weights}")
-        return {c: weights.get(c, 0.0) / total for c in counts}
-    if general_finance_ratio is None:
-        total = sum(counts.values())
-        return {c: n / total for c, n in counts.items()}
-    general = [c for c in counts if c in set(general_categories)]
-    finance = [c for c in counts if c not in set(general_categories)]
-    if not general or not finance or general_finance_ratio <= 0:
-        raise ValueError(
-            "general_finance_ratio: expected > 0 with both general_categories and other "
-            f"categories present, got ratio {general_finance_ratio}, general {general}"
-        )
-    shares = {}
-    for group, share in ((general, general_finance_ratio), (finance, 1.0)):
-        size = sum(counts[c] for c in group)
-        for c in group:
-            shares[c] = share / (general_finance_ratio + 1) * counts[c] / size
-    return shares
-
-
-def largest_remainder(weights: Sequence[float], total: int) -> list[int]:
-    """Integers summing to ``total`` in proportion to ``weights`` (Hamilton's method)."""
-    s = sum(weights)
-    exact = [w / s * total for w in weights]
-    out = [int(x) for x in exact]
-    order = sorted(range(len(weights)), key=lambda i: exact[i] - out[i], reverse=True)
-    for i in order[: total - sum(out)]:
-        out[i] += 1
-    return out
-
-
-def epoch_composition(
-    row_categories: Sequence[int], weights: Sequence[float], epoch_size: int, seed: int
-) -> list[int]:
-    """Row indices of one epoch, shuffled: category ``k`` gets its ``weights[k]`` share of
-    ``epoch_size`` (largest remainder), drawn without replacement from its rows and cycling
-    through them (reshuffled each pass) when the share exceeds them."""
-    gen = torch.Generator().manual_seed(seed)
-    members: dict[int, list[int]] = {}
-    for row, k in enumerate(row_categories):
-        members.setdefault(int(k), []).append(row)
-    present = [w if k in members else 0.0 for k, w in enumerate(weights)]
-    quotas = largest_remainder(present, epoch_size)
-    chosen: list[int] = []
-    for k, quota in enumerate(quotas):
-        rows = members.get(k, [])
-        while quota > 0:
-            take = min(quota, len(rows))
-            perm = torch.randperm(len(rows), generator=gen)[:take].tolist()
-            chosen += [rows[i] for i in perm]
-            quota -= take
-    return [chosen[i] for i in torch.randperm(len(chosen), generator=gen).tolist()]
 
 
 class MixtureEpochSampler(torch.utils.data.Sampler):

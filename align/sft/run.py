@@ -17,34 +17,60 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
-from transformers import TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from align.core.config import TRAINER_RANGES, check_ranges, config_to_yaml, load_config
 from align.core.config import help_field as _help
+from align.core.data import load_records, messages_of, split_held_out
+from align.core.io import MetricsFile, atomic_write_json, open_metrics
+from align.core.mixture import initial_mix
 from align.core.mixture_control import MixtureControlConfig, MixtureController
 from align.sft.data import (
     MixtureEpochSampler,
     category_counts,
     category_loss_sums,
     encode_sft_records,
-    initial_mix,
 )
+from align.tiny.build import build_tiny_world
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class SFTRecipeConfig(SFTConfig):
-    """Every knob of ``recipes/sft.py``: TRL's ``SFTConfig`` plus data, mix and controller.
+    """Every knob of ``align sft`` / ``recipes/sft.py``: TRL's ``SFTConfig`` plus data, mix and
+    controller. Every TRL / transformers field is accepted too (``--help`` lists them after ours).
 
     The recipe evaluates after every epoch (the mixture moves then) and keeps the
-    ``category_id`` column for its collator: ``eval_strategy`` must be ``epoch`` (its default
-    ``no`` is read as ``epoch``) and ``remove_unused_columns`` is always false.
+    ``category_id`` column for its collator: ``eval_strategy`` is ``epoch`` and
+    ``remove_unused_columns`` false (other values are errors).
     """
 
+    config_trl_base: ClassVar[type] = SFTConfig  # --show_config prints its changed fields
+    config_ranges: ClassVar[dict] = TRAINER_RANGES
+    config_renames: ClassVar[dict[str, str]] = {
+        "resume_from_checkpoint": "resume_from",
+        "mix_eta": "mix.eta",
+        "mix_min_factor": "mix.min_factor",
+        "mix_max_factor": "mix.max_factor",
+        "mix_overfit_tolerance": "mix.overfit_tolerance",
+    }
+
+    output_dir: str = _help(
+        "Run directory: checkpoints, final/, metrics.jsonl, summary.json, report.md.", "runs/sft"
+    )
+    eval_strategy: str = _help(
+        "epoch: the mix moves after each epoch's held-out evaluation (the only value).", "epoch"
+    )
+    remove_unused_columns: bool = _help(
+        "false: the collator needs the category_id column (the only value).", False
+    )
     model: str | None = _help("Causal LM directory; none = the tiny world's policy.")
     train_data: list[str] = _help(
         "SFT record files; empty = the tiny world's preference pairs' chosen answers.", factory=list
@@ -53,7 +79,9 @@ class SFTRecipeConfig(SFTConfig):
         "Held-out SFT records; none = the tiny world's held-out prompts with their references "
         "(tiny world) or an `eval_share` split of train_data.",
     )
-    eval_share: float = _help("Held-out share split off train_data when eval_data is none.", 0.05)
+    eval_share: float = _help(
+        "Held-out share split off train_data when eval_data is none.", 0.05, gt=0, lt=1
+    )
     chat_format: str = _help("Chat format conversations are rendered with.", "hf")
     general_categories: list[str] = _help(
         "Categories counted as general data for general_finance_ratio.", factory=list
@@ -61,53 +89,51 @@ class SFTRecipeConfig(SFTConfig):
     general_finance_ratio: float | None = _help(
         "general : finance share of the initial mix (4 = XuanYuan-70B's 4:1 [S]); none = as in "
         "the data.",
+        gt=0,
     )
     category_weights: dict[str, float] | None = _help(
         "Explicit initial weights per category (overrides general_finance_ratio)."
     )
-    epoch_size: int | None = _help("Rows drawn per epoch; none = the training rows.")
+    epoch_size: int | None = _help("Rows drawn per epoch; none = the training rows.", ge=1)
     dynamic_mix: bool = _help("Move the weights after each epoch by held-out loss [S].", True)
-    mix_eta: float = _help("Controller step size η [P].", 0.3)
-    mix_min_factor: float = _help("Lowest weight / initial weight [P].", 0.5)
-    mix_max_factor: float = _help("Highest weight / initial weight [P].", 2.0)
-    mix_overfit_tolerance: float = _help(
-        "Held-out loss rise above its best that means overfit.", 0.01
+    mix: MixtureControlConfig = _help(
+        "The mixture controller [P] (METHODS §6).", factory=MixtureControlConfig
+    )
+    resume_from: str | None = _help(
+        "Checkpoint to continue from: 'latest' (the last checkpoint-N of output_dir) or a "
+        "checkpoint directory; none = start afresh."
     )
 
     def __post_init__(self) -> None:
         if self.bf16 is None and not torch.cuda.is_available():
             self.bf16 = False  # TRL resolves an unset bf16 to True, which a CPU cannot train in
-        if not 0 < self.eval_share < 1:
-            raise ValueError(f"eval_share: expected in (0, 1), got {self.eval_share}")
-        if self.epoch_size is not None and self.epoch_size < 1:
-            raise ValueError(f"epoch_size: expected >= 1, got {self.epoch_size}")
+        check_ranges(self)
         if self.max_length is None:
             raise ValueError("max_length: expected a number of tokens, got none")
-        self.controller_config()  # validates the mix_* fields
-        if self.eval_strategy not in ("no", "epoch"):
+        if str(getattr(self.eval_strategy, "value", self.eval_strategy)) != "epoch":
             raise ValueError(
                 f"eval_strategy: expected 'epoch' (the mix moves after each epoch's held-out "
                 f"evaluation), got {self.eval_strategy!r}"
             )
-        self.eval_strategy = "epoch"
-        self.remove_unused_columns = False  # keep category_id for the collator
+        if self.remove_unused_columns:
+            raise ValueError(
+                "remove_unused_columns: expected false (the collator reads category_id)"
+            )
+        if self.resume_from_checkpoint is not None:
+            raise ValueError("resume_from_checkpoint: spelled resume_from here (latest or a dir)")
         super().__post_init__()
 
     def controller_config(self) -> MixtureControlConfig:
-        return MixtureControlConfig(
-            self.mix_eta, self.mix_min_factor, self.mix_max_factor, self.mix_overfit_tolerance
-        )
+        return self.mix
 
     @classmethod
     def from_sources(cls, config=None, overrides: list[str] = ()) -> SFTRecipeConfig:
-        from align.core.config import values_from_sources
-
-        return cls(**{"output_dir": "runs/sft", **values_from_sources(cls, config, overrides)})
+        """YAML file (optional) then ``--field value`` overrides; unknown fields are errors."""
+        return load_config(cls, config, overrides)
 
     def to_yaml(self) -> str:
-        from align.core.config import changed_fields_yaml
-
-        return changed_fields_yaml(self, SFTConfig)
+        """Our fields and the TRL fields that differ from their defaults."""
+        return config_to_yaml(self)
 
 
 # --------------------------------------------------------------------------- trainer
@@ -199,7 +225,7 @@ class MixtureCallback(TrainerCallback):
         if state.is_world_process_zero:
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / MIXTURE_STATE
             payload = {"controller": self.controller.state_dict(), "first": self.first}
-            _write_json(path, payload)
+            atomic_write_json(path, payload)
 
     def load(self, checkpoint: str | Path) -> None:
         """Restore the controller, the sampler's weights and the baseline from a checkpoint."""
@@ -231,14 +257,11 @@ class JsonlLogger(TrainerCallback):
     weights after each evaluation (registered after :class:`MixtureCallback`)."""
 
     def __init__(self, path: Path):
-        self.path = path
+        self.metrics = MetricsFile(path)
 
     def _write(self, state, record: dict) -> None:
         if state.is_world_process_zero and record:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(
-                    json.dumps({"step": state.global_step, **record}, ensure_ascii=False) + "\n"
-                )
+            self.metrics.append({"step": state.global_step, **record})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self._write(state, logs)
@@ -259,9 +282,6 @@ def _tiny_defaults(cfg: SFTRecipeConfig) -> tuple[str, list[dict] | None, list[d
     """
     if cfg.model and cfg.train_data:
         return cfg.model, None, None
-    from align.core.data import load_records, messages_of
-    from align.tiny.build import build_tiny_world
-
     world, _ = build_tiny_world()
 
     def conversation(r: dict, answer: str) -> dict:
@@ -277,33 +297,15 @@ def _tiny_defaults(cfg: SFTRecipeConfig) -> tuple[str, list[dict] | None, list[d
     return cfg.model or str(world.policy), train, held
 
 
-def _split_held_out(records: list[dict], share: float, seed: int) -> tuple[list, list]:
-    """Per category, the last ``share`` of a seeded shuffle is held out (at least one row)."""
-    import random
-
-    by_cat: dict[str, list[dict]] = {}
-    for r in records:
-        by_cat.setdefault(r["category"], []).append(r)
-    train, held = [], []
-    for rows in by_cat.values():
-        random.Random(seed).shuffle(rows)
-        k = max(1, round(share * len(rows)))
-        train += rows[:-k]
-        held += rows[-k:]
-    return train, held
-
-
 def load_sft_data(cfg: SFTRecipeConfig, tokenizer) -> dict:
     """Encoded train and held-out sets, the categories and the encoding stats."""
-    from align.core.data import load_records
-
     model, train, held = _tiny_defaults(cfg)
     if train is None:
         train = [dict(r) for path in cfg.train_data for r in load_records(path, "sft")]
     if held is None and cfg.eval_data:
         held = [dict(r) for r in load_records(cfg.eval_data, "sft")]
     if held is None:
-        train, held = _split_held_out(train, cfg.eval_share, cfg.seed)
+        train, held = split_held_out(train, cfg.eval_share, cfg.seed)
     categories = sorted({r["category"] for r in train})
     train_ds, train_stats = encode_sft_records(
         train, tokenizer, cfg.chat_format, cfg.max_length, categories
@@ -325,8 +327,6 @@ def load_sft_data(cfg: SFTRecipeConfig, tokenizer) -> dict:
 
 
 def build_trainer(cfg: SFTRecipeConfig) -> tuple[MixtureSFTTrainer, dict]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     model_dir, _, _ = _tiny_defaults(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
@@ -361,16 +361,40 @@ def build_trainer(cfg: SFTRecipeConfig) -> tuple[MixtureSFTTrainer, dict]:
     return trainer, {"data": data, "mix": mix, "initial_weights": weights}
 
 
+def resume_checkpoint(cfg: SFTRecipeConfig) -> str | None:
+    """The checkpoint ``cfg.resume_from`` names (``latest``: the last ``checkpoint-N`` of
+    ``output_dir``), or None for a fresh run; a missing one is an error naming the field."""
+    if not cfg.resume_from:
+        return None
+    if cfg.resume_from == "latest":
+        last = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
+        if last is None:
+            raise FileNotFoundError(
+                f"resume_from: latest, but {cfg.output_dir} holds no checkpoint-N directory"
+            )
+        return last
+    if not Path(cfg.resume_from).is_dir():
+        raise FileNotFoundError(f"resume_from: {cfg.resume_from}: no such checkpoint directory")
+    return cfg.resume_from
+
+
+def _checkpoint_step(checkpoint: str) -> int:
+    """The global step a Trainer checkpoint directory was saved at."""
+    state = Path(checkpoint) / "trainer_state.json"
+    return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
+
+
 def run(cfg: SFTRecipeConfig) -> dict:
     """Evaluate, train, evaluate; save the model to ``output_dir/final`` and a summary."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer, parts = build_trainer(cfg)
+    resume = resume_checkpoint(cfg)
     if trainer.accelerator.is_main_process:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        # fresh: refuse an earlier run's metrics; resumed: keep the lines up to the checkpoint
+        open_metrics(out / "metrics.jsonl", _checkpoint_step(resume) if resume else None)
         (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     trainer.accelerator.wait_for_everyone()
-    resume = cfg.resume_from_checkpoint
     if resume:
         parts["mix"].load(resume)
     else:
@@ -392,7 +416,7 @@ def run(cfg: SFTRecipeConfig) -> dict:
         "final": str(out / "final"),
     }
     if trainer.accelerator.is_main_process:
-        _write_json(out / "summary.json", summary)
+        atomic_write_json(out / "summary.json", summary)
         (out / "report.md").write_text(report_markdown(summary), encoding="utf-8")
     return summary
 
@@ -402,12 +426,6 @@ def _eval_view(metrics: dict, categories: list[str]) -> dict:
         "loss": metrics["eval_loss_tokens"],
         "per_category": {c: metrics[f"eval_loss/{c}"] for c in categories},
     }
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def report_markdown(summary: dict) -> str:

@@ -16,17 +16,25 @@ Layout of a built world (``TinyWorld``)::
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
+import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import datasets
+from datasets import Dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from align.core.config import check_ranges, help_field
 from align.core.data import messages_of, write_jsonl
+from align.core.io import atomic_directory
+from align.tiny.reward import follows_shape, tiny_world_reward
 from align.tiny.world import CATEGORIES, Item, generate
 
 WORLD_VERSION = 2  # bump when the generator, the models or the training change
@@ -44,45 +52,34 @@ def default_tiny_dir() -> Path:
 class TinyWorldConfig:
     """What `align tiny build` makes. Changing any field changes the cache key."""
 
-    seed: int = field(default=0, metadata={"help": "Seed of the data generator and of training."})
-    sft_per_category: int = field(
-        default=400, metadata={"help": "SFT conversations per sub-domain."}
+    seed: int = help_field("Seed of the data generator and of training.", 0, ge=0)
+    sft_per_category: int = help_field("SFT conversations per sub-domain.", 400, ge=1)
+    prefs_per_category: int = help_field("Preference pairs per sub-domain.", 300, ge=1)
+    rl_prompts_per_category: int = help_field("RL prompts per sub-domain.", 200, ge=1)
+    eval_per_category: int = help_field("Held-out prompts and pairs per sub-domain.", 50, ge=1)
+    sft_noise: float = help_field(
+        "Share of SFT demonstrations that break their rule (the rejected answer): real SFT data "
+        "is noisy, and it leaves PPO something to fix.",
+        0.3,
+        ge=0,
+        lt=0.5,
     )
-    prefs_per_category: int = field(
-        default=300, metadata={"help": "Preference pairs per sub-domain."}
-    )
-    rl_prompts_per_category: int = field(
-        default=200, metadata={"help": "RL prompts per sub-domain."}
-    )
-    eval_per_category: int = field(
-        default=50, metadata={"help": "Held-out prompts and pairs per sub-domain."}
-    )
-    sft_noise: float = field(
-        default=0.3,
-        metadata={
-            "help": "Share of SFT demonstrations that break their rule (the rejected "
-            "answer): real SFT data is noisy, and it leaves PPO something to fix."
-        },
-    )
-    vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary size."})
-    hidden_size: int = field(
-        default=128, metadata={"help": "Model width (head_dim = width/heads)."}
-    )
-    num_layers: int = field(default=4, metadata={"help": "Decoder layers."})
-    num_heads: int = field(
-        default=4, metadata={"help": "Attention heads (head_dim >= 32 for vLLM)."}
-    )
-    num_kv_heads: int = field(default=2, metadata={"help": "Key/value heads (GQA)."})
-    intermediate_size: int = field(default=352, metadata={"help": "MLP width."})
-    max_length: int = field(default=192, metadata={"help": "Longest tokenized conversation."})
-    sft_epochs: float = field(default=4.0, metadata={"help": "Epochs of the brief SFT."})
-    sft_lr: float = field(default=3e-3, metadata={"help": "Peak learning rate of the brief SFT."})
-    sft_batch_size: int = field(default=32, metadata={"help": "SFT batch size."})
-    eval_max_new_tokens: int = field(
-        default=64, metadata={"help": "Greedy answer length cap when measuring the format rate."}
+    vocab_size: int = help_field("BPE vocabulary size.", 4096, ge=16)
+    hidden_size: int = help_field("Model width (head_dim = width/heads).", 128, ge=1)
+    num_layers: int = help_field("Decoder layers.", 4, ge=1)
+    num_heads: int = help_field("Attention heads (head_dim >= 32 for vLLM).", 4, ge=1)
+    num_kv_heads: int = help_field("Key/value heads (GQA).", 2, ge=1)
+    intermediate_size: int = help_field("MLP width.", 352, ge=1)
+    max_length: int = help_field("Longest tokenized conversation.", 192, ge=16)
+    sft_epochs: float = help_field("Epochs of the brief SFT.", 4.0, gt=0)
+    sft_lr: float = help_field("Peak learning rate of the brief SFT.", 3e-3, ge=0)
+    sft_batch_size: int = help_field("SFT batch size.", 32, ge=1)
+    eval_max_new_tokens: int = help_field(
+        "Greedy answer length cap when measuring the format rate.", 64, ge=1
     )
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.hidden_size % self.num_heads or self.hidden_size // self.num_heads < 32:
             raise ValueError(
                 f"hidden_size / num_heads: expected a whole head_dim >= 32 (vLLM's CPU attention "
@@ -142,10 +139,6 @@ def _noise_flags(items: list[Item], share: float, seed: int) -> list[bool]:
     returns, a rude reply, a dismissal; those are behaviours a rule or a reward model can tell
     apart. Wrong facts are never taught.
     """
-    import random
-
-    from align.tiny.reward import follows_shape
-
     rng = random.Random(seed)
     return [not follows_shape(i.category, i.rejected) and rng.random() < share for i in items]
 
@@ -197,10 +190,10 @@ def _records(cfg: TinyWorldConfig) -> dict[str, list[dict]]:
 
 def train_tokenizer(texts: list[str], cfg: TinyWorldConfig):
     """A byte-level BPE ``PreTrainedTokenizerFast`` with the tiny world's chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    # lazy: transformers (here and below) stays off 'align tiny build --help'
     from transformers import PreTrainedTokenizerFast
 
-    from align.core.chat_formats import get_chat_format
+    from align.core.chat_formats import get_chat_format  # lazy: loads transformers
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -221,6 +214,7 @@ def train_tokenizer(texts: list[str], cfg: TinyWorldConfig):
 
 def make_policy(tokenizer, cfg: TinyWorldConfig):
     """A randomly initialised tiny ``LlamaForCausalLM`` (seeded)."""
+    # lazy: torch/transformers stay off 'align tiny build --help'
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -243,8 +237,7 @@ def make_policy(tokenizer, cfg: TinyWorldConfig):
 
 def sft_policy(model, tokenizer, records: list[dict], cfg: TinyWorldConfig, workdir: Path):
     """Brief answer-only SFT with TRL's ``SFTTrainer`` (loss on assistant spans, EOS included)."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer  # lazy: trl loads transformers' Trainer and peft
 
     args = SFTConfig(
         output_dir=str(workdir),
@@ -276,8 +269,7 @@ def make_reward_backbone(policy, seed: int):
 
     The UFRM architecture: the chat LM without ``lm_head`` plus a randomly initialised linear head.
     """
-    import copy
-
+    # lazy: torch/transformers stay off 'align tiny build --help'
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -298,8 +290,8 @@ def measure_policy(model, tokenizer, records: list[dict], max_new_tokens: int) -
 
     On format = the answer ends with EOS and takes its sub-domain's shape.
     """
+    # lazy: these load torch/transformers, kept off 'align tiny build --help'
     from align.core.chat_formats import get_chat_format
-    from align.tiny.reward import follows_shape, tiny_world_reward
     from rollouts.base import SamplingParams
     from rollouts.hf_generate import GenerateEngine
 
@@ -382,23 +374,15 @@ def build_tiny_world(
         return world, False
     if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not a tiny world; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         _build_into(tmp, cfg, on_stage)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return TinyWorld(out), True
 
 
 @contextlib.contextmanager
 def _quiet_library_bars():
     """Hide datasets' and transformers' per-step bars (map, shard writing); SFT keeps its own."""
-    import datasets
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # lazy: off 'align tiny build --help'
 
     datasets_on = datasets.is_progress_bar_enabled()
     hf_on = hf_logging.is_progress_bar_enabled()
@@ -419,6 +403,7 @@ def _build_into(root: Path, cfg: TinyWorldConfig, on_stage: Callable[[str], None
 
 
 def _build_steps(root: Path, cfg: TinyWorldConfig, on_stage: Callable[[str], None]) -> None:
+    # lazy: torch/transformers stay off 'align tiny build --help'
     import torch
 
     from align.core.chat_formats import get_chat_format

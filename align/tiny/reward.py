@@ -74,12 +74,57 @@ def score(category: str, answer: str, reference: str) -> float:
     )
 
 
+#: The dataset columns :func:`tiny_world_reward` reads (checked up front by
+#: :func:`rm.functions.check_reward_columns`, which names the prompts file).
+REQUIRED_COLUMNS = ("category", "reference")
+
+
 def tiny_world_reward(
-    prompts: list, completions: list, category: list[str], reference: list[str], **_: object
+    prompts: list,
+    completions: list,
+    category: list[str] | None = None,
+    reference: list[str] | None = None,
+    **columns: object,
 ) -> list[float]:
     """TRL ``reward_funcs`` entry point for the tiny world.
 
     ``completions`` may be strings or conversational (``[{"role": "assistant", "content": ...}]``).
+    Prompt records without a ``reference`` answer (or with a ``category`` that is not a tiny-world
+    sub-domain) are a ``ValueError`` naming the column and the samples.
     """
+    present = [k for k, v in (("category", category), ("reference", reference)) if v is not None]
+    given = sorted({*present, *columns} - _NOT_RECORD_COLUMNS)
+    _require_column("reference", reference, len(completions), given)
+    _require_column("category", category, len(completions), given)
+    unknown = sorted({c for c in category if c not in ANSWER_SHAPES})
+    if unknown:
+        raise ValueError(
+            f"the tiny world reward: category {unknown[0]!r} is not a tiny-world sub-domain "
+            f"(expected one of {', '.join(ANSWER_SHAPES)})"
+        )
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
     return [score(c, t, r) for c, t, r in zip(category, texts, reference, strict=True)]
+
+
+tiny_world_reward.required_columns = REQUIRED_COLUMNS
+
+
+def _require_column(name: str, values: list | None, n: int, given: list[str]) -> None:
+    """A ``ValueError`` naming ``name`` when the column is absent, or None / not text for some
+    samples."""
+    if values is None:
+        raise ValueError(
+            f"the tiny world reward needs a '{name}' column in the prompt records (the "
+            f"{_WHAT[name]}), and they have none (columns: {', '.join(given) or 'none'}); "
+            f"add '{name}' to every prompt record or choose other rewards"
+        )
+    missing = [k for k, v in enumerate(values) if not isinstance(v, str)]
+    if len(values) != n or missing:
+        raise ValueError(
+            f"the tiny world reward needs a '{name}' text for every sample ({_WHAT[name]}); "
+            f"samples {missing[:10]} have none"
+        )
+
+
+_NOT_RECORD_COLUMNS = {"prompt_ids", "completion_ids", "trainer_state", "log_extra", "log_metric"}
+_WHAT = {"reference": "reference answer it scores against", "category": "sub-domain"}

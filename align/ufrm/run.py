@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from align.core.outputs import check_output_dir
+from align.tiny.build import build_tiny_world
 from rm.evaluate import evaluate_reward_model, to_markdown
 from rm.ufrm import UFRMConfig, run_ufrm
 
@@ -42,8 +44,6 @@ def fill_tiny_defaults(cfg: UFRMConfig) -> UFRMConfig:
     """Model, training and eval data from the tiny world (built on first use) where unset."""
     if cfg.model is not None and cfg.train_data is not None:
         return cfg
-    from align.tiny.build import build_tiny_world
-
     world, _ = build_tiny_world()
     cfg.model = cfg.model or str(world.reward)
     if cfg.train_data is None:
@@ -55,7 +55,9 @@ def fill_tiny_defaults(cfg: UFRMConfig) -> UFRMConfig:
 def run(cfg: UFRMConfig, progress=None) -> dict:
     """Train both stages, evaluate each on every ``eval_data`` file, write ``config.yaml``,
     ``summary.json`` and ``report.md`` into ``output_dir`` (main process only). ``progress``: a
-    ``TrainerCallback`` shown instead of the Trainer's tqdm bar."""
+    ``TrainerCallback`` shown instead of the Trainer's tqdm bar. An ``output_dir`` that cannot
+    be written fails first, in one line (before the tiny world is built or a model loads)."""
+    check_output_dir(cfg.output_dir, "output_dir")
     cfg = fill_tiny_defaults(cfg)
     out = Path(cfg.output_dir)
     # RANK, not PartialState: before the Trainer sets up the process group every process

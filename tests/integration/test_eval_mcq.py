@@ -244,15 +244,15 @@ def _sum_logprob(model, prompt: list[int], continuation: list[int]) -> float:
 @needs_financeiq
 @pytest.mark.slow
 def test_tiny_policy_end_to_end_on_financeiq_with_a_report(tiny_world, tmp_path):
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
-    from align.cli.eval import eval_app
+    from align.cli.app import cli
 
     out = tmp_path / "run"
-    args = ["mcq", "--data", str(FINANCEIQ), "--split", "test-sample", "--shots", "5",
+    args = ["eval", "mcq", "--data", str(FINANCEIQ), "--split", "test-sample", "--shots", "5",
             "--policy", str(tiny_world.policy), "--scoring", "both", "--limit", "1",
-            "--max-new-tokens", "6", "--max-length", "256", "--out", str(out)]  # fmt: skip
-    result = CliRunner().invoke(eval_app, args)
+            "--max_new_tokens", "6", "--max_length", "256", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli(), args)
     assert result.exit_code == 0, result.output
     import json
 

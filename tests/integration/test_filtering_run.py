@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 
 from align.core.data import DataError, load_records
 from align.filter.run import FilterConfig, load_prompt_records, run_filter
@@ -86,11 +85,11 @@ def test_writes_kept_set_and_report(full_run, prompt_file):
 def _cli_args(tiny_world, prompt_file, out: Path) -> list[str]:
     args = ["--prompts", str(prompt_file), "--policy", str(tiny_world.policy), "--out", str(out)]
     for name, value in RUN.items():
-        args += [f"--{name.replace('_', '-')}", str(value)]
+        args += [f"--{name}", str(value)]
     return args
 
 
-CLI = "import typer, sys; from align.cli.filter import filter_command; typer.run(filter_command)"
+CLI = ["-m", "align.cli", "filter"]
 
 
 @pytest.mark.slow
@@ -101,7 +100,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(
     cache_dir = tmp_path / "kept_report" / "cache"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, *_cli_args(tiny_world, prompt_file, out)],
+        [sys.executable, *CLI, *_cli_args(tiny_world, prompt_file, out)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -192,29 +191,31 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 
 
 def test_reward_spellings(tmp_path):
-    from align.cli.filter import parse_mapping, parse_pair, parse_reward
+    from align.core.config import load_config, text_value
+    from rm.spec import RewardSpec
 
-    assert parse_reward("tiny") == [{"type": "rule", "rule": "tiny"}]
-    assert parse_reward("rule:mcq") == [{"type": "rule", "rule": "mcq"}]
-    assert parse_reward("http://127.0.0.1:8000") == [
+    assert RewardSpec.from_text("tiny") == [{"type": "rule", "rule": "tiny"}]
+    assert RewardSpec.from_text("rule:mcq") == [{"type": "rule", "rule": "mcq"}]
+    assert RewardSpec.from_text("http://127.0.0.1:8000") == [
         {"type": "http", "url": "http://127.0.0.1:8000"}
     ]
-    assert parse_reward(str(tmp_path)) == [{"type": "model", "path": str(tmp_path)}]
-    assert parse_reward("pkg.mod:f") == [{"type": "python", "fn": "pkg.mod:f"}]
-    assert parse_reward("[{type: rule, rule: mcq, weight: 2}]") == [
+    assert RewardSpec.from_text(str(tmp_path)) == [{"type": "model", "path": str(tmp_path)}]
+    assert RewardSpec.from_text("pkg.mod:f") == [{"type": "python", "fn": "pkg.mod:f"}]
+    assert RewardSpec.from_text("[{type: rule, rule: mcq, weight: 2}]") == [
         {"type": "rule", "rule": "mcq", "weight": 2}
     ]
-    assert parse_pair("-1,2.5", "--mean-range") == (-1.0, 2.5)
-    assert parse_mapping("{dtype: bfloat16, seed: 1}", "--engine-options") == {
-        "dtype": "bfloat16",
-        "seed": 1,
-    }
-    with pytest.raises(typer.BadParameter):
-        parse_mapping("[1, 2]", "--engine-options")
-    with pytest.raises(typer.BadParameter):
-        parse_reward("nonsense")
-    with pytest.raises(typer.BadParameter):
-        parse_pair("2,1", "--mean-range")
+    assert text_value("-1,2.5", tuple[float, float], "--mean_range") == [-1.0, 2.5]
+    cfg = load_config(FilterConfig, None, ["--mean_range", "-1,2.5", "--rewards", "tiny",
+                                           "--rewards", "pkg.mod:f"])  # fmt: skip
+    assert cfg.mean_range == (-1.0, 2.5)
+    kinds = [(r.type, r.rule or r.fn) for r in cfg.rewards]
+    assert kinds == [("rule", "tiny"), ("python", "pkg.mod:f")]
+    with pytest.raises(ValueError, match="engine_options: no longer a field; set rollout.vllm"):
+        load_config(FilterConfig, None, ["--engine_options", "{dtype: bfloat16}"])
+    with pytest.raises(ValueError, match="expected a reward model directory"):
+        RewardSpec.from_text("nonsense")
+    with pytest.raises(ValueError, match="mean_range: expected \\(lo, hi\\) with lo <= hi"):
+        load_config(FilterConfig, None, ["--mean_range", "2,1"])
 
 
 @pytest.mark.slow

@@ -226,10 +226,12 @@ def test_per_category_head_round_robins():
 def test_config_errors_are_clear():
     with pytest.raises(ValueError, match="reference"):
         PEIConfig(reference="last")
-    with pytest.raises(ValueError, match="unknown fields"):
+    with pytest.raises(ValueError, match="unknown field 'controller.tiers'.*'tiering'"):
         PEIConfig(controller={"tiers": 3})
-    with pytest.raises(ValueError, match="unknown PEIConfig fields"):
+    with pytest.raises(ValueError, match="unknown field 'round' .*did you mean 'rounds'"):
         PEIConfig.from_sources(None, ["--round", "2"])
+    with pytest.raises(ValueError, match="refilter.policy: set by PEI"):
+        PEIConfig(refilter={"policy": "x"})
 
 
 @pytest.mark.parametrize("config", ["tiny", "recipes/configs/pei_7b_zero3.yaml"])
@@ -239,9 +241,9 @@ def test_shipped_configs_parse(config):
     root = Path(__file__).resolve().parents[2]
     path = config if config == "tiny" else root / config
     cfg = PEIConfig.from_sources(path)
-    cfg.controller_config()
-    ppo = cfg.ppo_config if cfg.ppo_config == "tiny" else root / cfg.ppo_config
-    assert PPOConfig.from_sources(ppo).total_steps > 0
+    assert isinstance(cfg.ppo, PPOConfig) and cfg.ppo.total_steps > 0
+    base = "tiny" if config == "tiny" else root / "recipes/configs/ppo_7b_zero3.yaml"
+    assert cfg.ppo == PPOConfig.from_sources(base)  # ppo.config: the rounds' PPO config
 
 
 def test_lora_runs_are_refused_with_a_clear_error(tmp_path):

@@ -83,9 +83,9 @@ def test_two_processes_follow_the_single_process_trajectory(tiny_world, one_proc
     final weights of 2 DDP processes match one process."""
     align_ppo(
         *ppo_args(tiny_world, tmp_path / "two"),
-        "--num-processes",
+        "--num_processes",
         "2",
-        "--accelerate-config",
+        "--accelerate_config",
         str(CONFIGS / "ddp.yaml"),
     )
     one, two = trajectory(one_process), trajectory(tmp_path / "two")
@@ -106,10 +106,11 @@ def test_two_processes_generate_with_vllm(tiny_world, one_process, tmp_path, eng
     pytest.importorskip("vllm")
     out = tmp_path / engine
     align_ppo(
-        *ppo_args(tiny_world, out, rollout_engine=engine, vllm_kv_cache_bytes=2**28),
-        "--num-processes",
+        *ppo_args(tiny_world, out, **{"rollout.engine": engine,
+                                      "rollout.vllm.kv_cache_memory_bytes": 2**28}),
+        "--num_processes",
         "2",
-        "--accelerate-config",
+        "--accelerate_config",
         str(CONFIGS / "ddp.yaml"),
     )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
@@ -128,9 +129,9 @@ def test_deepspeed_zero_runs_and_saves(tiny_world, tmp_path, stage):
     out = tmp_path / f"zero{stage}"
     align_ppo(
         *ppo_args(tiny_world, out, total_steps=2),
-        "--num-processes",
+        "--num_processes",
         "2",
-        "--accelerate-config",
+        "--accelerate_config",
         str(CONFIGS / f"zero{stage}.yaml"),
     )
     ckpt = out / "checkpoints" / "step-2"

@@ -13,44 +13,57 @@ from align.ppo.config import PPOConfig
 
 def test_dotted_nested_and_flat_spellings_mean_the_same_field(tmp_path):
     nested = tmp_path / "nested.yaml"
-    nested.write_text("rollout: {engine: vllm}\nvllm: {dtype: bfloat16}\n", encoding="utf-8")
+    nested.write_text("rollout: {engine: vllm, vllm: {dtype: bfloat16}}\n", encoding="utf-8")
     dotted = tmp_path / "dotted.yaml"
     dotted.write_text("rollout.engine: vllm-server\n", encoding="utf-8")
-    assert PPOConfig.from_sources(nested).rollout_engine == "vllm"
-    assert PPOConfig.from_sources(nested).vllm_dtype == "bfloat16"
-    assert PPOConfig.from_sources(dotted).rollout_engine == "vllm-server"
-    cfg = PPOConfig.from_sources(None, ["--rollout.engine", "vllm", "--sync_every", "2"])
-    assert (cfg.rollout_engine, cfg.sync_every) == ("vllm", 2)
+    assert PPOConfig.from_sources(nested).rollout.engine == "vllm"
+    assert PPOConfig.from_sources(nested).rollout.vllm.dtype == "bfloat16"
+    assert PPOConfig.from_sources(dotted).rollout.engine == "vllm-server"
+    cfg = PPOConfig.from_sources(None, ["--rollout.engine", "vllm", "--rollout.sync_every", "2"])
+    assert (cfg.rollout.engine, cfg.rollout.sync_every) == ("vllm", 2)
     # a mapping-valued field keeps its mapping (it is not flattened)
     cfg = PPOConfig.from_sources(None, ["--category_weights", "{保险: 2}"])
     assert cfg.category_weights == {"保险": 2}
 
 
+def test_old_flat_spellings_still_work_and_warn(tmp_path, monkeypatch):
+    monkeypatch.setattr("align.core.config._warned", set())  # warned once per process
+    old = tmp_path / "old.yaml"
+    old.write_text("rollout_engine: vllm\nvllm_dtype: bfloat16\nsync_every: 3\n", encoding="utf-8")
+    with pytest.warns(FutureWarning, match="old spelling"):
+        cfg = PPOConfig.from_sources(old, ["--vllm_server_timeout_s", "5"])
+    assert (cfg.rollout.engine, cfg.rollout.vllm.dtype, cfg.rollout.sync_every) == (
+        "vllm", "bfloat16", 3)  # fmt: skip
+    assert cfg.rollout.server.timeout_s == 5.0
+
+
+@pytest.mark.filterwarnings("ignore::align.core.config.ConfigWarning")
 def test_engine_settings_are_validated(tmp_path):
     both = tmp_path / "both.yaml"
     both.write_text("rollout_engine: hf\nrollout.engine: vllm\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="rollout_engine: given twice"):
+    with pytest.raises(ValueError, match="rollout.engine: given twice"):
         PPOConfig.from_sources(both)
-    with pytest.raises(ValueError, match="rollout_engine: expected one of hf, vllm, vllm-server"):
-        PPOConfig(rollout_engine="sglang")
-    with pytest.raises(ValueError, match="sync_every: expected >= 1"):
-        PPOConfig(sync_every=0)
-    with pytest.raises(ValueError, match="vllm_server_url: expected http"):
-        PPOConfig(vllm_server_url="localhost:8000")
-    with pytest.raises(ValueError, match="vllm_gpu_memory_utilization"):
-        PPOConfig(vllm_gpu_memory_utilization=1.5)
-    with pytest.raises(ValueError, match="vllm_server_weight_sync: expected one of auto, nccl"):
-        PPOConfig(vllm_server_weight_sync="rsync")
-    with pytest.raises(ValueError, match=r"unknown PPOConfig fields \['rollout.engin'\]"):
+    with pytest.raises(ValueError, match="rollout.engine: expected one of hf, vllm, vllm-server"):
+        PPOConfig.from_sources(None, ["--rollout.engine", "sglang"])
+    with pytest.raises(ValueError, match="rollout.sync_every: expected >= 1"):
+        PPOConfig.from_sources(None, ["--rollout.sync_every", "0"])
+    with pytest.raises(ValueError, match="rollout.server.url: expected http"):
+        PPOConfig.from_sources(None, ["--rollout.server.url", "localhost:8000"])
+    with pytest.raises(ValueError, match=r"rollout.vllm.gpu_memory_utilization: .*\(0, 1\]"):
+        PPOConfig.from_sources(None, ["--rollout.vllm.gpu_memory_utilization", "1.5"])
+    with pytest.raises(ValueError, match="rollout.server.weight_sync: expected one of auto, nccl"):
+        PPOConfig.from_sources(None, ["--rollout.server.weight_sync", "rsync"])
+    with pytest.raises(ValueError, match="'rollout.engin' of RolloutConfig; did you mean 'engine'"):
         PPOConfig.from_sources(None, ["--rollout.engin", "vllm"])
 
 
-def test_engine_options_from_flat_fields():
+def test_engine_options_from_the_rollout_config():
     from align.ppo.run import engine_options
+    from rollouts.config import RolloutConfig, ServerOptions, VLLMOptions
 
     assert engine_options(PPOConfig()) == {"batch_size": 64}
-    cfg = PPOConfig(rollout_engine="vllm", vllm_gpu_memory_utilization=0.5, vllm_max_model_len=512,
-                    vllm_kv_cache_bytes=2**28, seed=3)  # fmt: skip
+    vllm = VLLMOptions(gpu_memory_utilization=0.5, max_model_len=512, kv_cache_memory_bytes=2**28)
+    cfg = PPOConfig(rollout=RolloutConfig(engine="vllm", vllm=vllm), seed=3)
     assert engine_options(cfg) == {
         "gpu_memory_utilization": 0.5,
         "tensor_parallel_size": 1,
@@ -58,22 +71,20 @@ def test_engine_options_from_flat_fields():
         "dtype": "auto",
         "enable_sleep_mode": False,
         "kv_cache_memory_bytes": 2**28,
-        "seed": 3,
+        "seed": 3,  # unset: the run's seed
+        "enforce_eager": None,
     }
-    cfg = PPOConfig(rollout_engine="vllm-server", vllm_server_url="http://127.0.0.1:8000",
-                    vllm_server_weight_sync="gloo", vllm_server_sync_address="10.0.0.2",
-                    vllm_server_workers=4)  # fmt: skip
-    assert engine_options(cfg) == {
-        "url": "http://127.0.0.1:8000",
-        "timeout_s": 300.0,
-        "weight_sync": "gloo",
-        "sync_address": "10.0.0.2",
-        "server_workers": 4,
-    }
+    server = ServerOptions(url="http://127.0.0.1:8000", weight_sync="gloo",
+                           sync_address="10.0.0.2", server_workers=4)  # fmt: skip
+    cfg = PPOConfig(rollout=RolloutConfig(engine="vllm-server", server=server))
+    options = engine_options(cfg)
+    assert (options["url"], options["weight_sync"], options["sync_address"]) == (
+        "http://127.0.0.1:8000", "gloo", "10.0.0.2")  # fmt: skip
+    assert "dtype" not in options  # a running server's own settings apply
     # fields reach the engine's options by name
-    from rollouts.vllm_server import ServerOptions
-
-    assert ServerOptions(**engine_options(cfg)).server_workers == 4
+    assert ServerOptions(**options) == server
+    with pytest.raises(ValueError, match="vllm: options of a server align starts"):
+        RolloutConfig(engine="vllm-server", server=server, vllm=VLLMOptions(dtype="float16"))
 
 
 def test_logprob_gap_is_mean_and_max_over_completion_tokens():

@@ -98,7 +98,7 @@ def test_non_finite_losses_are_skipped_then_abort(tiny_world, tmp_path):
         score_clip=None,
         max_bad_steps=2,
         total_steps=5,
-        rewards=[{"type": "python", "fn": "tests.test_ppo_run:huge_reward"}],
+        rewards=[{"type": "python", "fn": "tests.integration.test_ppo_run:huge_reward"}],
     )
     trainer = build_trainer(cfg)
     before = {k: v.clone() for k, v in trainer.model.actor.state_dict().items()}

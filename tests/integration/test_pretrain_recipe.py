@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.test_sft_recipe import launch
+from tests.integration.test_sft_recipe import launch
 
 
 @pytest.mark.slow

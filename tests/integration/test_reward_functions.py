@@ -41,7 +41,7 @@ def test_python_reward_passes_columns_and_checks_output():
 
 
 def test_python_reward_from_spec():
-    reward = PythonReward("tests.test_reward_functions:length_reward")
+    reward = PythonReward("tests.integration.test_reward_functions:length_reward")
     assert reward(["p", "p"], ["ab", "abcd"]) == [2.0, 4.0]
     assert load_callable("align.tiny.reward:tiny_world_reward").__name__ == "tiny_world_reward"
     for bad in ("no_colon", "align.tiny.reward:missing", "not_a_module_xyz:f", ":f"):

@@ -285,7 +285,7 @@ def test_small_load_on_loopback(server):
 def test_ppo_with_reward_from_the_server(server, tiny_world, tmp_path, monkeypatch):
     """PPO on the tiny world whose only reward is ``align rm serve`` (2 steps)."""
     from align.ppo.run import build_trainer
-    from tests.test_ppo_run import small_config
+    from tests.integration.test_ppo_run import small_config
 
     monkeypatch.setenv("ALIGN_TEST_RM_TOKEN", TOKEN)
     spec = {"type": "http", "url": server + "/score", "token_env": "ALIGN_TEST_RM_TOKEN"}

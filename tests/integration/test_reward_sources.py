@@ -63,7 +63,8 @@ def test_python_function_from_a_file_path(tmp_path):
 def test_mcq_option_match():
     completions = ["答案：B", "分析……所以答案是 c", "A. 因为", "(AC)", "我不知道", "答案：D"]
     answers = ["B", "C", "A", "CA", "A", None]
-    assert mcq_match([""] * 6, completions, answer=answers) == [1.0, 1.0, 1.0, 1.0, 0.0, None]
+    # a lower-case "c" is no option (as in the evaluator, align.core.answers): no reward
+    assert mcq_match([""] * 6, completions, answer=answers) == [1.0, 0.0, 1.0, 1.0, 0.0, None]
     assert extract_choice("The answer is D.") == "D"
     assert extract_choice("先说 A，答案：B") == "B"  # the explicit marker wins
     assert extract_choice("Absolutely") is None  # a word starting with A is no choice
@@ -206,7 +207,7 @@ def test_weighted_sum_of_model_and_rule(tmp_path, world_tokenizer):
 def test_config_errors_name_the_entry():
     with pytest.raises(ValueError, match=r"rewards\[0\].type: expected one of"):
         rewards_from_config([{"type": "magic"}])
-    with pytest.raises(ValueError, match=r"rewards\[1\]: unknown keys \['wieght'\]"):
+    with pytest.raises(ValueError, match=r"'rewards\[1\]\.wieght'.*did you mean 'weight'"):
         rewards_from_config([{"type": "rule", "rule": "mcq"}, {"type": "rule", "wieght": 1}])
     with pytest.raises(ValueError, match=r"rewards\[0\].url: required"):
         rewards_from_config([{"type": "http"}])
@@ -233,7 +234,7 @@ def test_ppo_with_python_file_model_and_rule_and_dropped_samples(tiny_world, tmp
     """A weighted sum of a reward model, the tiny rule and a Python function from a file that
     leaves every fourth sample unscored (dropped: no tokens, counted)."""
     from align.ppo.run import build_trainer
-    from tests.test_ppo_run import small_config
+    from tests.integration.test_ppo_run import small_config
 
     file = tmp_path / "drop_reward.py"
     file.write_text(DROPPING_REWARD, encoding="utf-8")

@@ -8,15 +8,13 @@ import pytest
 import torch
 
 from align.core.chat_formats import FORMATS, get_chat_format
+from align.core.mixture import epoch_composition, initial_mix, largest_remainder
 from align.sft.data import (
     IGNORE_INDEX,
     MixtureEpochSampler,
     category_loss_sums,
     encode_sft_example,
     encode_sft_records,
-    epoch_composition,
-    initial_mix,
-    largest_remainder,
 )
 
 MULTI_TURN = [
@@ -134,7 +132,8 @@ def test_initial_mix_general_finance_ratio():
 
 def test_epoch_composition_follows_weights_and_cycles_small_categories():
     rows = [0] * 100 + [1] * 10 + [2] * 50
-    assert largest_remainder([0.5, 0.3, 0.2], 7) == [4, 2, 1]  # 3.5, 2.1, 1.4 -> +1 to the .5
+    # 3.5, 2.1, 1.4 -> +1 to the .5
+    assert largest_remainder({0: 0.5, 1: 0.3, 2: 0.2}, 7) == {0: 4, 1: 2, 2: 1}
     picked = epoch_composition(rows, [0.5, 0.3, 0.2], 60, seed=1)
     counts = Counter(rows[i] for i in picked)
     assert counts == {0: 30, 1: 18, 2: 12}

@@ -142,7 +142,7 @@ def test_resume_from_an_epoch_checkpoint_continues_the_same_run(trainer, tmp_pat
     resumed = run(
         SFTRecipeConfig(
             output_dir=str(tmp_path / "resumed"),
-            resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-4"),  # after epoch 1
+            resume_from=str(tmp_path / "whole" / "checkpoint-4"),  # after epoch 1
             **common,
         )
     )

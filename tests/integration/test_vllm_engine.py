@@ -79,13 +79,14 @@ def test_same_seed_same_samples(engine, prompts):
 def ppo_config(world, tmp_path, **overrides):
     """PPO on the tiny world with the (shared) colocated vLLM engine."""
     from align.ppo.config import PPOConfig
+    from rollouts.config import RolloutConfig
 
     return PPOConfig(
         policy=str(world.policy),
         critic=str(world.reward),
         prompts=str(world.data("prompts")),
         eval_prompts=str(world.data("eval_prompts")),
-        rollout_engine="vllm",
+        rollout=RolloutConfig(engine="vllm"),
         output_dir=str(tmp_path / "run"),
         **overrides,
     )

@@ -14,6 +14,7 @@ import torch
 
 from align.core.core_algos import (
     KL_ESTIMATORS,
+    MAX_LOG_RATIO,
     AdaptiveKLController,
     FixedKLController,
     RunningMoments,
@@ -146,6 +147,21 @@ def test_k3_is_nonnegative_and_close_to_k2_for_small_gaps():
     # second-order Taylor: exp(u) - u - 1 = u^2 / 2 + u^3 / 6 + ..., so k3 ~ k2 for |u| << 1
     small = ref + 1e-3 * torch.randn(10_000, generator=gen, dtype=torch.float32)
     assert torch.allclose(kl_k3(ref, small), kl_k2(ref, small), rtol=1e-2, atol=1e-10)
+
+
+def test_k3_clamps_the_log_ratio_so_value_and_gradient_stay_finite():
+    logp = torch.tensor([-120.0, -5.0, -2.0], requires_grad=True)
+    ref = torch.tensor([-5.0, -120.0, -1.0])
+    # u = ref - logp = 115, -115, 1; clamped to 20, -20, 1; k3 = e^u - u - 1
+    kl = kl_k3(logp, ref)
+    expected = [math.exp(20) - 21, math.exp(-20) + 19, math.e - 2]
+    assert kl.tolist() == pytest.approx(expected, rel=1e-6)
+    kl.sum().backward()
+    # d k3 / d logp = -(e^u - 1) inside the bound, 0 beyond it
+    assert logp.grad.tolist() == pytest.approx([0.0, 0.0, -(math.e - 1)], abs=1e-6)
+    # k1 and k2 exponentiate nothing: no clamp, the exact values
+    assert kl_k2(logp, ref)[0].item() == 0.5 * 115.0**2
+    assert kl_k1(logp, ref)[1].item() == 115.0
 
 
 def test_kl_penalty_masks_and_rejects_unknown_estimator():
@@ -340,6 +356,52 @@ def test_dual_clip_caps_negative_advantage_losses():
     assert stats["dual_clipfrac"].item() == pytest.approx(1 / 3, abs=1e-12)
     with pytest.raises(ValueError, match="dual_clip"):
         policy_loss(logp, old, adv, mask, dual_clip=1.0)
+
+
+def test_policy_loss_gradient_is_finite_when_the_log_ratio_overflows_float32():
+    """Issue 14's reproducer: logp - old = 115 > 88, where exp overflows float32."""
+    logp = torch.tensor([[-5.0, -1.1]], requires_grad=True)
+    old = torch.tensor([[-120.0, -1.0]])
+    adv = torch.tensor([[1.0, 0.5]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    # without the clamp: the loss is finite (max(-inf, -1.2)) but the gradient is 0 * inf = NaN
+    naive = logp.detach().clone().requires_grad_(True)
+    ratio = torch.exp(naive - old)
+    unclamped = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)).mean()
+    unclamped.backward()
+    assert torch.isfinite(unclamped) and torch.isnan(naive.grad[0, 0])
+
+    loss, stats = policy_loss(logp, old, adv, mask)
+    total = aggregate(loss, mask)
+    total.backward()
+    # token 0: log-ratio clamp(115) = 20, ratio e^20, A = 1: max(-e^20, -1.2) = -1.2, a constant
+    #          (the clamp is flat there), so its gradient is 0
+    # token 1: log-ratio -0.1, ratio r = e^-0.1 = 0.9048 inside [0.8, 1.2], A = 0.5:
+    #          loss -0.5 r, d/dlogp = -0.5 r; the token mean halves both
+    r = math.exp(-0.1)
+    assert total.item() == pytest.approx((-1.2 - 0.5 * r) / 2, abs=1e-6)
+    assert torch.isfinite(logp.grad).all()
+    assert logp.grad[0, 0].item() == 0.0
+    assert logp.grad[0, 1].item() == pytest.approx(-0.25 * r, abs=1e-7)
+    # the stats see the clamped log-ratio: mean ratio (e^20 + r) / 2, approxkl 0.5 mean(lr^2)
+    assert stats["ratio"].item() == pytest.approx((math.exp(20) + r) / 2, rel=1e-6)
+    assert stats["approxkl"].item() == pytest.approx(0.5 * (400 + 0.01) / 2, rel=1e-6)
+
+
+def test_policy_loss_clamps_the_log_ratio_for_negative_advantages_and_dual_clip():
+    logp = torch.tensor([[-1.0, -1.0]], requires_grad=True)
+    old = torch.tensor([[-116.0, -121.0]])  # log-ratios 115 and 120, both beyond 20
+    adv = torch.tensor([[-2.0, -2.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    loss, _ = policy_loss(logp, old, adv, mask)
+    # A = -2: the pessimistic unclipped branch -A * e^20 = 2 e^20 (finite, not inf)
+    assert loss[0].tolist() == pytest.approx([2 * math.exp(20)] * 2, rel=1e-6)
+    capped, _ = policy_loss(logp, old, adv, mask, dual_clip=3.0)
+    # dual clip: min(2 e^20, -3 * -2 = 6) = 6
+    assert capped[0].tolist() == [6.0, 6.0]
+    (loss.sum() + capped.sum()).backward()
+    assert logp.grad.tolist() == [[0.0, 0.0]]  # finite; flat beyond the bound
+    assert MAX_LOG_RATIO == 20.0
 
 
 # --------------------------------------------------------------------------- value loss

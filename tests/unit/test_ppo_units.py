@@ -121,7 +121,7 @@ def test_config_from_yaml_and_overrides(tmp_path):
     cfg = PPOConfig.from_sources(path, ["--beta", "0.2", "--kl_estimator=k3"])
     assert (cfg.beta, cfg.total_steps, cfg.kl_estimator) == (0.2, 7, "k3")
     assert cfg.category_weights == {"保险": 2.0}
-    with pytest.raises(ValueError, match="unknown PPOConfig fields \\['betta'\\]"):
+    with pytest.raises(ValueError, match="unknown field 'betta' of PPOConfig; did you mean 'beta'"):
         PPOConfig.from_sources(path, ["--betta", "1"])
     with pytest.raises(ValueError, match="num_minibatches"):
         PPOConfig(rollout_batch_size=6, num_minibatches=4)
