@@ -24,12 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     from align.cli.app import run_recipe
 
     def load_class() -> type:
-        from align.pei.run import PEIConfig
+        from align.pei.run import PEIConfig  # lazy: after the quiet set-up
 
         return PEIConfig
 
     def run(cfg) -> None:
-        from align.pei.run import run_pei
+        from align.pei.run import run_pei  # lazy: after the quiet set-up
 
         run_pei(cfg)
 

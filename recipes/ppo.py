@@ -23,12 +23,12 @@ def main(argv: list[str] | None = None) -> None:
     from align.cli.app import run_recipe
 
     def load_class() -> type:
-        from align.ppo.config import PPOConfig
+        from align.ppo.config import PPOConfig  # lazy: after the quiet set-up
 
         return PPOConfig
 
     def run(cfg) -> None:
-        from align.ppo.run import run_ppo
+        from align.ppo.run import run_ppo  # lazy: after the quiet set-up
 
         run_ppo(cfg)
 

@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     from align.cli.app import run_recipe
 
     def load_class() -> type:
-        from align.pretrain.run import PretrainConfig
+        from align.pretrain.run import PretrainConfig  # lazy: after the quiet set-up
 
         return PretrainConfig
 
     def run(cfg) -> None:
-        from align.pretrain.run import run as pretrain
+        from align.pretrain.run import run as pretrain  # lazy: after the quiet set-up
 
         summary = pretrain(cfg)
         before, after = summary["held_out_before"]["all"], summary["held_out_after"]["all"]

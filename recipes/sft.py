@@ -25,12 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     from align.cli.app import run_recipe
 
     def load_class() -> type:
-        from align.sft.run import SFTRecipeConfig
+        from align.sft.run import SFTRecipeConfig  # lazy: after the quiet set-up
 
         return SFTRecipeConfig
 
     def run(cfg) -> None:
-        from align.sft.run import run as sft
+        from align.sft.run import run as sft  # lazy: after the quiet set-up
 
         summary = sft(cfg)
         before, after = summary["held_out_before"]["loss"], summary["held_out_after"]["loss"]

@@ -23,14 +23,14 @@ def main(argv: list[str] | None = None) -> None:
     from align.cli.app import run_recipe
 
     def load_class() -> type:
-        from rm.ufrm import UFRMConfig
+        from rm.ufrm import UFRMConfig  # lazy: after the quiet set-up
 
         return UFRMConfig
 
     def run(cfg) -> None:
-        from accelerate import PartialState
+        from accelerate import PartialState  # lazy: after the quiet set-up
 
-        from align.ufrm.run import run as train
+        from align.ufrm.run import run as train  # lazy: after the quiet set-up
 
         summary = train(cfg)
         if PartialState().is_main_process:

@@ -365,7 +365,7 @@ def resolve_defaults(cfg: FilterConfig, need_policy: bool = True) -> FilterConfi
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer  # lazy: ~2 s, kept off 'align filter --help'
+    from transformers import AutoTokenizer  # lazy: transformers stays off 'align filter --help'
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
@@ -376,21 +376,21 @@ def load_tokenizer(path: str):
 def build_engine(cfg: FilterConfig, tokenizer):
     """The rollout engine ``cfg.rollout`` describes on ``cfg.policy``
     (:func:`rollouts.factory.engine_from_config`)."""
-    from rollouts.factory import engine_from_config  # lazy: loads transformers; off filter --help
+    from rollouts.factory import engine_from_config  # lazy: as in load_tokenizer
 
     model = _load_policy(cfg.policy) if cfg.rollout.engine == "hf" else cfg.policy
     return engine_from_config(cfg.rollout, model, tokenizer, cfg.seed)
 
 
 def _load_policy(path: str):
-    from transformers import AutoModelForCausalLM  # lazy: ~2 s, kept off 'align filter --help'
+    from transformers import AutoModelForCausalLM  # lazy: as in load_tokenizer
 
     return load_pretrained(AutoModelForCausalLM, path, "policy").eval()
 
 
 def build_rewards(specs: list[RewardSpec]):
     """Reward components from config entries; an entry without ``on_invalid`` drops."""
-    from rm.functions import rewards_from_config  # lazy: loads transformers; off filter --help
+    from rm.functions import rewards_from_config  # lazy: loads transformers, as in load_tokenizer
 
     return rewards_from_config(specs, on_invalid="drop")
 
@@ -398,7 +398,7 @@ def build_rewards(specs: list[RewardSpec]):
 def as_rewards(reward) -> list:
     """A ready reward: a list of ``WeightedReward``, one ``WeightedReward`` or a plain callable in
     TRL's convention (invalid scores drop the prompt)."""
-    from rm.functions import WeightedReward  # lazy: loads transformers; off filter --help
+    from rm.functions import WeightedReward  # lazy: loads transformers, as in load_tokenizer
 
     if isinstance(reward, WeightedReward):
         return [reward]
@@ -415,7 +415,7 @@ class _Scorer:
     """Encodes prompts, samples ``n`` answers per prompt and scores them, one batch at a time."""
 
     def __init__(self, cfg: FilterConfig, engine, rewards: list, tokenizer) -> None:
-        from align.core.chat_formats import get_chat_format  # lazy: loads transformers
+        from align.core.chat_formats import get_chat_format  # lazy: as in load_tokenizer
 
         self.cfg, self.engine, self.rewards, self.tokenizer = cfg, engine, rewards, tokenizer
         self.chat_format = get_chat_format(cfg.chat_format)
@@ -440,7 +440,7 @@ class _Scorer:
         self, batch: int, records: list[dict], prompt_ids: list[list[int]], keys: list[str]
     ) -> list[dict]:
         """Cache rows (``key``, ``scores`` [n] with None for invalid, ``completions``)."""
-        from rm.functions import reward_inputs, score_rewards  # lazy: loads transformers
+        from rm.functions import reward_inputs, score_rewards  # lazy: as in load_tokenizer
 
         n = self.cfg.n
         sampling = replace(self.sampling, seed=self.cfg.seed * 1_000_003 + batch)
