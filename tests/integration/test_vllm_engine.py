@@ -76,7 +76,7 @@ def test_same_seed_same_samples(engine, prompts):
     assert first.completion_ids == again.completion_ids
 
 
-def ppo_config(world, tmp_path, **overrides):
+def ppo_config(world, tmp_path, sync_every: int = 1, **overrides):
     """PPO on the tiny world with the (shared) colocated vLLM engine."""
     from align.ppo.config import PPOConfig
     from rollouts.config import RolloutConfig
@@ -86,7 +86,7 @@ def ppo_config(world, tmp_path, **overrides):
         critic=str(world.reward),
         prompts=str(world.data("prompts")),
         eval_prompts=str(world.data("eval_prompts")),
-        rollout=RolloutConfig(engine="vllm"),
+        rollout=RolloutConfig(engine="vllm", sync_every=sync_every),
         output_dir=str(tmp_path / "run"),
         **overrides,
     )
