@@ -51,9 +51,14 @@ def clean(monkeypatch):
 @pytest.fixture
 def triton_logger():
     logger, records = logging.getLogger("vllm.triton_utils.importing"), Records()
+    # vLLM's logging set-up (after an in-process vLLM engine ran earlier in the session) may have
+    # disabled or raised the level of existing loggers: this test is about our filter alone.
+    disabled, level, manager = logger.disabled, logger.level, logging.root.manager.disable
+    logger.disabled, logger.level, logging.root.manager.disable = False, logging.DEBUG, 0
     logger.addHandler(records)
     yield logger, records
     logger.removeHandler(records)
+    logger.disabled, logger.level, logging.root.manager.disable = disabled, level, manager
 
 
 @pytest.mark.parametrize(
