@@ -82,6 +82,35 @@ class PPOConfig:
     lora_dropout: float = _help("LoRA dropout.", 0.0, ge=0, lt=1)
     lora_target_modules: list[str] | str = _help("Modules LoRA adapts.", "all-linear")
 
+    # memory and speed
+    dtype: Literal["float32", "bfloat16", "float16"] = _help(
+        "Dtype the models are loaded in (float32, bfloat16, float16); losses, advantages and KL "
+        "are computed in float32 whatever it is. With DeepSpeed, bf16/fp16 mixed precision and "
+        "fp32 master weights come from the accelerate config.",
+        "float32",
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = _help(
+        "Attention kernel of every model (eager, sdpa, flash_attention_2); none = transformers' "
+        "choice for the model.",
+        None,
+    )
+    gradient_checkpointing: bool = _help(
+        "Recompute activations in the backward pass of actor and critic (less memory, ~30% "
+        "more compute).",
+        False,
+    )
+    offload_frozen_models: bool = _help(
+        "Keep the reference and reward models on the CPU except while they score (frees GPU "
+        "memory for training and generation; no effect on a CPU run).",
+        False,
+    )
+    max_tokens_per_micro_batch: int | None = _help(
+        "Form micro-batches by token budget (prompt + completion tokens, padded) instead of "
+        "micro_batch_size samples; the update is the same, only the split differs.",
+        None,
+        ge=1,
+    )
+
     # rollout
     rollout: RolloutConfig = _help(
         "Rollout engine and its options (hf, vllm, vllm-server).", factory=RolloutConfig
