@@ -50,6 +50,7 @@ def _measure(engine_kind: str, batch_size: int, args, prompts: Path, policy: Pat
     cfg = FilterConfig(
         prompts=str(prompts),
         policy=str(policy),
+        rewards=[{"type": "rule", "rule": "tiny"}],
         rollout=RolloutConfig(engine=engine_kind, vllm=VLLMOptions(**vllm_options)),
         n=args.n,
         max_new_tokens=args.max_new_tokens,

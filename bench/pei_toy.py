@@ -124,8 +124,9 @@ def run_pei_arm(world, data, root: Path, seed: int, args) -> tuple[Path, list]:
         rounds=args.rounds,
         pretrain_steps=args.pretrain_steps,
         round_steps=args.round_steps,
-        ppo=ppo_overrides(world, data, seed),
+        ppo={"config": "tiny", **ppo_overrides(world, data, seed)},  # the plain arm's base
         rm_pairs=data["pairs"],
+        judge=[{"type": "python", "fn": "align.tiny.reward:tiny_world_reward"}],
         eval_prompts=data["eval"],
         controller={"early_stop": False},  # same budget as the plain arm
         output_dir=str(root / "pei"),

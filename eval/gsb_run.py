@@ -11,16 +11,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from align.core.config import check_ranges
+from align.core.config import check_ranges, missing_inputs_error
 from align.core.config import help_field as _help
 from align.core.data import load_records, write_jsonl
-from align.core.models import check_model_dir, load_pretrained
+from align.core.models import check_model_dir, load_options, load_pretrained
 from align.core.outputs import check_output_dir
 from eval.generation import generate_answers
 from eval.gsb import GSBReport, summarize
 from eval.judges import Judge, RewardJudge
 from eval.llm_judge import LLMJudge, LLMJudgeConfig
-from rm.spec import TINY_REWARD, RewardSpec, as_specs, tiny_reward  # noqa: F401 (TINY_REWARD)
+from rm.spec import REWARDS_EXPECTED, RewardSpec, as_specs
 from rollouts.base import SamplingParams
 
 _NOT_COLUMNS = {"prompt", "messages", "category", "id"}
@@ -41,18 +41,21 @@ class GSBConfig:
 
     candidate: str = field(metadata={"help": "Candidate policy directory (HF format)."})
     baseline: str | None = _help(
-        "Baseline policy directory; none = the tiny world's SFT policy (`align eval gsb`).", None
+        "Baseline policy directory (required); `align eval gsb` also takes 'tiny': the tiny "
+        "world's SFT policy.",
+        None,
     )
     prompts: str | None = _help(
-        "Held-out prompt records {prompt | messages, category, ...}; none = the tiny world's "
-        "eval prompts (`align eval gsb`). Other columns (e.g. reference) reach the reward "
-        "functions.",
+        "Held-out prompt records {prompt | messages, category, ...} (required); `align eval "
+        "gsb` also takes 'tiny': the tiny world's held-out prompts. Other columns (e.g. "
+        "reference) reach the reward functions.",
         None,
     )
     rewards: list[RewardSpec] = _help(
         "Reward sources of the reward judge (entries as align ppo's rewards; or written short: "
-        "a reward model directory, a YAML file of entries, ...).",
-        factory=tiny_reward,
+        "a reward model directory, a YAML file of entries, tiny for the tiny world's rule, "
+        "...); required unless llm_judge is given.",
+        factory=list,
     )
     margin: float = _help("Reward judge: a score difference within margin is 'same'.", 0.0, ge=0)
     judge: Literal["reward", "llm"] | None = _help(
@@ -63,7 +66,22 @@ class GSBConfig:
     llm_judge: LLMJudgeConfig | None = _help(
         "The chat model behind an OpenAI-compatible API that judges (judge: llm).", None
     )
-    max_new_tokens: int = _help("Answer length cap.", 128, ge=1)
+    max_new_tokens: int = _help(
+        "Answer length cap (1024 as align ppo's: a 7B model's answers are judged whole, not "
+        "cut off).",
+        1024,
+        ge=1,
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = _help(
+        "Dtype both policies are loaded in (float32, bfloat16, float16); none = each "
+        "checkpoint's own (its config.json).",
+        None,
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = _help(
+        "Attention kernel of both policies (eager, sdpa, flash_attention_2); none = "
+        "transformers' choice for the model.",
+        None,
+    )
     temperature: float = _help("Sampling temperature of both policies (0 = greedy).", 0.0, ge=0)
     batch_size: int = _help("Prompts per generate call.", 32, ge=1)
     limit: int | None = _help("Use only the first N prompts of each category.", None, ge=1)
@@ -142,16 +160,46 @@ def _columns(records: list[dict]) -> dict[str, list]:
     return {n: [r[n] for r in records] for n in sorted(names)}
 
 
-def load_policy(path: str, field: str = "policy"):
+def load_policy(
+    path: str,
+    field: str = "policy",
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+):
     """``(model, tokenizer)`` from a policy directory (safetensors only, no remote code); a bad
-    directory is one line naming ``field`` (the option it came from)."""
+    directory is one line naming ``field`` (the option it came from). ``dtype`` /
+    ``attn_implementation``: none = the checkpoint's dtype / transformers' choice."""
     # lazy: transformers' Auto classes (~2 s) stay off 'align eval gsb --help'
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_dir(path, field)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = load_pretrained(AutoModelForCausalLM, path, field).eval()
+    options = load_options(dtype, attn_implementation)
+    model = load_pretrained(AutoModelForCausalLM, path, field, **options).eval()
     return model, tokenizer
+
+
+#: What each input is, named in the error when one is missing (every run has a model path).
+EXPECTED_INPUTS = {
+    "baseline": "a baseline policy directory ('tiny' on the command line: the tiny world's "
+    "SFT policy)",
+    "prompts": "held-out prompt records {prompt | messages, category} ('tiny' on the command "
+    "line: the tiny world's)",
+    "rewards": f"{REWARDS_EXPECTED}, or llm_judge",
+}
+
+
+def check_inputs(cfg: GSBConfig) -> None:
+    """The candidate is a model path, so nothing is filled in: a baseline, prompts and a judge
+    (rewards or llm_judge) are required; one line naming the first one missing."""
+    empty = {
+        "baseline": cfg.baseline is None,
+        "prompts": cfg.prompts is None,
+        "rewards": not cfg.rewards and cfg.llm_judge is None,
+    }
+    missing = [(name, EXPECTED_INPUTS[name]) for name, is_empty in empty.items() if is_empty]
+    if missing:
+        raise missing_inputs_error(("candidate", cfg.candidate), missing)
 
 
 def check_paths(cfg: GSBConfig) -> None:
@@ -166,16 +214,14 @@ def run_gsb(cfg: GSBConfig, on_batch: Callable[[int], None] | None = None) -> Co
     """Generate both policies' answers, judge, and write the report into ``cfg.out``."""
     from eval.report import gsb_section, write_report  # lazy: eval.report loads matplotlib
 
-    for name in ("baseline", "prompts"):
-        if getattr(cfg, name) is None:
-            raise ValueError(f"{name}: required (`align eval gsb` fills in the tiny world's)")
+    check_inputs(cfg)
     check_paths(cfg)
     judge = build_judge(cfg)
     records = load_prompt_records(cfg)
     sampling = SamplingParams(cfg.max_new_tokens, cfg.temperature, seed=cfg.seed)
     answers = {}
     for side, path in (("candidate", cfg.candidate), ("baseline", cfg.baseline)):
-        model, tokenizer = load_policy(path, side)
+        model, tokenizer = load_policy(path, side, cfg.dtype, cfg.attn_implementation)
         answers[side] = generate_answers(
             model, tokenizer, records, sampling, batch_size=cfg.batch_size, on_batch=on_batch
         )

@@ -60,7 +60,19 @@ class MCQConfig:
     batch_size: int = _help("Prompts per engine / model call.", 16, ge=1)
     limit: int | None = _help("Score only the first N questions of each category.", None, ge=1)
     policy: str | None = _help(
-        "Policy directory (`align eval mcq`); none = the tiny world's SFT policy.", None
+        "Policy directory (`align eval mcq`); none = the tiny world's SFT policy (the one input "
+        "it fills in: data is always required).",
+        None,
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = _help(
+        "Dtype the policy is loaded in (float32, bfloat16, float16); loglik scores are computed "
+        "in float32 whatever it is; none = the checkpoint's own (its config.json).",
+        None,
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = _help(
+        "Attention kernel of the policy (eager, sdpa, flash_attention_2); none = transformers' "
+        "choice for the model.",
+        None,
     )
     out: str = _help("Run directory for the report (`align eval mcq`).", "runs/eval-mcq")
 

@@ -9,11 +9,13 @@ Several processes / DeepSpeed (every process trains; the main one evaluates and 
     accelerate launch --config_file recipes/accelerate_configs/zero3.yaml --num_processes 8 \\
         recipes/pei.py --config recipes/configs/pei_7b_zero3.yaml
 
-With no config it runs the tiny world (``align/configs/pei_tiny.yaml``). Any PEIConfig field
+With no config and no model path it runs the tiny world (``align/configs/pei_tiny.yaml``); once a
+model path is given, every input is required (no toy fallback). Any PEIConfig field
 can be overridden: ``--rounds 3 --round_steps 50``. How this departs from the report: the
 numbers it leaves open (tiers, step size, floor, β schedule, stop rule) are METHODS.md's
 defaults, each a config field (``align pei --show_config``); the reward is measured for RM
-alignment on labelled pairs the user provides (the tiny world's held-out pairs by default).
+alignment on labelled pairs the user provides (``rm_pairs``; the tiny world's held-out pairs in the
+tiny world).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
 
         run_pei(cfg)
 
-    run_recipe("recipes/pei.py", load_class, run, help=__doc__, args=argv, default_config="tiny")
+    run_recipe("recipes/pei.py", load_class, run, help=__doc__, args=argv)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import torch
 
 from align.core.chat_formats import ChatFormat, get_chat_format
 from align.core.data import messages_of
+from align.core.models import load_pretrained
 from rm.errors import RewardError
 from rm.model import last_token_scores, require_safetensors
 from rm.remote import RemoteRewardModel
@@ -255,12 +256,20 @@ class LocalRewardModel:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, trust_remote_code: bool = False, normalize: bool = False, **kwargs
+        cls,
+        path: str | Path,
+        trust_remote_code: bool = False,
+        normalize: bool = False,
+        dtype: torch.dtype | None = None,
+        attn_implementation: str | None = None,
+        **kwargs,
     ):
         """Load weights from safetensors only; remote code runs only when asked for.
 
         ``normalize`` z-scores every score with the mean/std stored in ``score_stats.json``
-        (:func:`read_score_stats`).
+        (:func:`read_score_stats`). ``dtype`` / ``attn_implementation``: as transformers'
+        (None: its default). Under DeepSpeed ZeRO-3 the model loads partitioned
+        (:func:`align.core.models.load_pretrained`) and needs a DeepSpeed engine to run.
         """
         stats = read_score_stats(path) if normalize else None
         require_safetensors(path)
@@ -268,8 +277,13 @@ class LocalRewardModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=trust_remote_code
+        model = load_pretrained(
+            AutoModelForSequenceClassification,
+            path,
+            "model",
+            trust_remote_code=trust_remote_code,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
         )
         model.eval()
         return cls(model, tokenizer, stats=stats, **kwargs)
@@ -502,11 +516,16 @@ SOURCES: dict[str, Callable[[dict, bool], Callable]] = {
 }
 
 
-def _from_spec(k: int, entry: RewardSpec | Mapping, on_invalid: str) -> WeightedReward:
+def _from_spec(
+    k: int, entry: RewardSpec | Mapping, on_invalid: str, model_options: Mapping
+) -> WeightedReward:
     spec = as_spec(k, entry)
     source = spec.describe(k)
+    options = spec.options()
+    if spec.type == "model":  # the run's load dtype / attention; the entry's own win
+        options = {**model_options, **options}
     try:
-        fn = SOURCES[spec.type](spec.options(), spec.normalize in (True, "stored"))
+        fn = SOURCES[spec.type](options, spec.normalize in (True, "stored"))
     except ValueError as err:  # worded by the source; say which entry it was
         raise RewardError(f"rewards[{k}] (type {spec.type}): {err}") from err
     if isinstance(fn, PythonReward):
@@ -522,7 +541,9 @@ def _from_spec(k: int, entry: RewardSpec | Mapping, on_invalid: str) -> Weighted
 
 
 def rewards_from_config(
-    specs: Sequence[RewardSpec | Mapping], on_invalid: str = "error"
+    specs: Sequence[RewardSpec | Mapping],
+    on_invalid: str = "error",
+    model_options: Mapping | None = None,
 ) -> list[WeightedReward]:
     """``rewards:`` config entries (:class:`~rm.spec.RewardSpec`, or mappings of its fields) →
     components. Every entry has ``type`` and optional ``weight`` (1.0), ``name``, ``on_invalid``
@@ -538,9 +559,13 @@ def rewards_from_config(
     ``normalize: batch`` (any type) z-scores that component over the batch before weighting.
     Component names must be unique (they name the logged ``reward/<name>`` metrics). A single
     mapping (``--rewards '{type: rule, rule: tiny}'``) counts as a list of one. Mistakes are
-    :class:`RewardError` naming the entry and the field.
+    :class:`RewardError` naming the entry and the field. ``model_options`` (``dtype``,
+    ``attn_implementation``) go to every ``type: model`` entry's ``from_pretrained``.
     """
-    out = [_from_spec(k, spec, on_invalid) for k, spec in enumerate(as_specs(specs))]
+    out = [
+        _from_spec(k, spec, on_invalid, model_options or {})
+        for k, spec in enumerate(as_specs(specs))
+    ]
     names = [r.name for r in out]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:

@@ -28,16 +28,29 @@ def require_safetensors(path: str | Path, field: str = "model") -> Path:
 
 
 def score_head(model: torch.nn.Module) -> torch.nn.Module:
-    """The linear head of a sequence-classification model (``score`` or ``classifier``)."""
-    for name in ("score", "classifier"):
-        head = getattr(model, name, None)
-        if isinstance(head, torch.nn.Module):
-            return head
-    raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head")
+    """The linear head of a sequence-classification model: its one child module with parameters
+    beside the body (``base_model``), whatever the architecture calls it (``score``,
+    ``classifier``, a PEFT ``modules_to_save`` wrapper of either)."""
+    body = model.base_model
+    heads = [
+        child
+        for child in model.children()
+        if child is not body and next(child.parameters(), None) is not None
+    ]
+    if len(heads) != 1:
+        raise ValueError(
+            f"{type(model).__name__}: expected one head module beside its body "
+            f"'{model.base_model_prefix}', found {len(heads)}"
+        )
+    return heads[0]
 
 
 def _unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a PEFT wrapper (LoRA layers stay injected in it)."""
+    """The transformers model inside a DeepSpeed engine (a frozen ZeRO-3 reward model: its
+    hooks gather each layer's weights as it runs) and a PEFT wrapper (LoRA layers stay injected
+    in it)."""
+    if hasattr(model, "zero_optimization_stage"):  # only DeepSpeed engines have it
+        model = model.module
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 

@@ -193,11 +193,20 @@ def as_specs(entries: Sequence[RewardSpec | Mapping], field: str = "rewards") ->
     return [as_spec(k, e, field) for k, e in enumerate(entries)]
 
 
+#: What a ``rewards`` field takes, for the error when one is required and missing.
+REWARDS_EXPECTED = (
+    "a reward model directory, an http(s) URL, 'module:function', 'file.py:function', a rule "
+    "(tiny, mcq, rule:NAME), a YAML file of entries or a mapping {type: ..., ...}"
+)
+
+
 def tiny_reward() -> list[RewardSpec]:
-    """The tiny world's rule as a Python reward (the default of PPO, PEI's judge, GSB)."""
+    """The tiny world's rule as a Python reward: what PPO's rewards and PEI's judge are when the
+    tiny world fills in (no model path given); never a default once a model path is given."""
     return [RewardSpec(type="python", fn=TINY_REWARD)]
 
 
 def tiny_rule() -> list[RewardSpec]:
-    """The tiny world's rule as a rule source (the filter's default)."""
+    """The tiny world's rule as a rule source: the filter's rewards when the tiny world fills
+    in (no policy given)."""
     return [RewardSpec(type="rule", rule="tiny")]

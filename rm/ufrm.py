@@ -27,7 +27,6 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset, concatenate_datasets
 from transformers import (
-    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     TrainerCallback,
@@ -35,11 +34,12 @@ from transformers import (
 from transformers.trainer_callback import ProgressCallback
 from trl import RewardConfig, RewardTrainer
 
-from align.core.chat_formats import get_chat_format
+from align.core.chat_formats import get_chat_format, save_tokenizer
 from align.core.config import TRAINER_RANGES, check_ranges, config_to_yaml, load_config
 from align.core.config import help_field as _help
 from align.core.data import load_records, messages_of
 from align.core.distributed import plain_ddp_without_cuda
+from align.core.models import load_pretrained, model_init_options
 from align.core.tensors import gather_last
 from rm.losses import (
     bt_loss,
@@ -74,10 +74,14 @@ class UFRMConfig(RewardConfig):
         "Run directory: stage1/, stage2/, config.yaml, summary.json, report.md.", "runs/ufrm"
     )
     model: str | None = _help(
-        "Sequence-classification backbone (directory); none = the tiny world's reward model.", None
+        "Sequence-classification backbone (directory); none = the tiny world's reward model (and "
+        "its preferences for the data left empty); once given, train_data is required.",
+        None,
     )
     train_data: str | None = _help(
-        "Stage-1 (general) preference records; none = the tiny world's prefs.", None
+        "Stage-1 (general) preference records; required with a model; none without one = the "
+        "tiny world's prefs (and its held-out pairs as eval_data).",
+        None,
     )
     eval_data: list[str] = _help(
         "Held-out preference files evaluated after each stage (alignment rates).", factory=list
@@ -328,28 +332,29 @@ def score_stats(scores: list[float]) -> dict:
     return {"mean": t.mean().item(), "std": t.std(unbiased=False).item(), "count": len(scores)}
 
 
-def save_reward_model(model, tokenizer, out: Path, stats: dict) -> None:
-    """HF ``save_pretrained`` (safetensors) + tokenizer + ``score_stats.json``."""
+def save_reward_model(model, tokenizer, out: Path, stats: dict, chat_format: str = "hf") -> None:
+    """HF ``save_pretrained`` (safetensors) + tokenizer (carrying ``chat_format``) +
+    ``score_stats.json``."""
     out = Path(out)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out, chat_format)
     (out / SCORE_STATS).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- stages
 
 
-def load_reward_model(path: str | Path):
+def load_reward_model(path: str | Path, **options):
     """``AutoModelForSequenceClassification(num_labels=1)`` + tokenizer from a directory.
 
     Weights load from safetensors only: a directory holding just ``pytorch_model.bin`` is refused
-    (:func:`rm.model.require_safetensors`), since unpickling can run arbitrary code.
+    (:func:`rm.model.require_safetensors`), since unpickling can run arbitrary code. ``options``:
+    ``dtype``, ``attn_implementation`` (:func:`align.core.models.model_init_options`). Under
+    DeepSpeed ZeRO-3 (a TrainingArguments made in a DeepSpeed launch) it loads partitioned.
     """
     require_safetensors(path)
-    config = AutoConfig.from_pretrained(path)
-    config.num_labels = 1
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, use_safetensors=True
+    model = load_pretrained(
+        AutoModelForSequenceClassification, path, "model", num_labels=1, **options
     )
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
@@ -412,7 +417,7 @@ def train_stage(
             trainer.model, train, tokenizer.pad_token_id, config.eval_batch_size
         )
         stats = score_stats(chosen + rejected)
-        save_reward_model(trainer.model, tokenizer, out, stats)
+        save_reward_model(trainer.model, tokenizer, out, stats, config.chat_format)
     trainer.accelerator.wait_for_everyone()
     return {
         "stage": stage,
@@ -436,7 +441,8 @@ def run_ufrm(config: UFRMConfig, evaluate_fn=None, progress: TrainerCallback | N
     (optional) runs after each stage on the main process; its results go into the returned
     summary. ``progress`` (a ``TrainerCallback``) is given to both stages' trainers."""
     out = Path(config.output_dir)
-    model, tokenizer = load_reward_model(config.model)
+    options = model_init_options(config.model_init_kwargs)
+    model, tokenizer = load_reward_model(config.model, **options)
     summary = {"stages": []}
     stage1, enc1 = _load_encoded(config, config.train_data, tokenizer)
     log = train_stage(config, model, tokenizer, stage1, 1, out / "stage1", progress)
@@ -445,7 +451,7 @@ def run_ufrm(config: UFRMConfig, evaluate_fn=None, progress: TrainerCallback | N
     if evaluate_fn is not None:
         log["eval"] = _evaluate_on_main(evaluate_fn, out / "stage1")
     if config.stage2_data:
-        model, tokenizer = load_reward_model(out / "stage1")
+        model, tokenizer = load_reward_model(out / "stage1", **options)
         stage2, enc2 = _load_encoded(config, config.stage2_data, tokenizer)
         mixed = _mix_replay(stage2, stage1, config.replay_share, config.seed)
         log = train_stage(config, model, tokenizer, mixed, 2, out / "stage2", progress)

@@ -115,7 +115,10 @@ class RolloutEngine(Protocol):
     """Generates completions and follows the trainer's weights.
 
     An engine that every training process reaches (a server) sets ``shared = True``: the trainer
-    then syncs it from the main process only, and the others wait for that sync."""
+    then syncs it from the main process only, and the others wait for that sync. An engine that
+    generates with its own copy of the weights (vLLM) sets ``holds_own_weights = True``: the
+    trainer then never gathers its model whole for generation, and the engine's
+    ``sync_weights`` takes the model as it is (ZeRO-3 partitioned) and syncs it layer by layer."""
 
     def generate(
         self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams, n: int = 1

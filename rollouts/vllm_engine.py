@@ -2,10 +2,13 @@
 
 The engine core runs in the training process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); its model
 lives there too, or, with ``tensor_parallel_size > 1``, in worker processes that each hold a shard.
-:meth:`VLLMEngine.sync_weights` hands the trainer's full weights to every worker
-(:class:`~rollouts.vllm_worker_ext.WeightSyncExtension`), which loads them in place — on GPU and on
-the CPU backend alike (see :mod:`rollouts.weight_sync`). With several training processes each
-process runs its own engine (vLLM's ``external_launcher``, one replica per process). Logprobs
+:meth:`VLLMEngine.sync_weights` hands the trainer's weights to every worker
+(:class:`~rollouts.vllm_worker_ext.WeightSyncExtension`) one layer at a time, which loads them in
+place — on GPU and on the CPU backend alike (see :mod:`rollouts.weight_sync`); under DeepSpeed
+ZeRO-3 each layer is gathered only while it is sent, never the whole model. With several training
+processes each process runs its own engine (vLLM's ``external_launcher``, one replica per
+process). With sleep mode (GPU), weights and KV cache are released between rollouts: a sync wakes
+the weights only, a rollout the rest, and both go back to sleep after the rollout. Logprobs
 follow the rollout contract (``log_softmax(logits / T)`` before top-k / top-p) through
 :mod:`rollouts.vllm_logprobs`.
 
@@ -27,7 +30,12 @@ import torch
 
 from rollouts.base import FinishReason, RolloutBatch, SamplingParams
 from rollouts.config import CPU_KV_CACHE_BYTES, VLLMOptions  # noqa: F401  (re-exported)
-from rollouts.weight_sync import exported
+from rollouts.vllm_compat import (
+    COMPILED_BACKEND_HELP,
+    restore_transformers_classes,
+    rewritten_transformers_classes,
+)
+from rollouts.weight_sync import weight_chunks
 
 
 @contextlib.contextmanager
@@ -101,6 +109,10 @@ def check_prompts(prompt_token_ids: Sequence[Sequence[int]]) -> None:
 class VLLMEngine:
     """A :class:`~rollouts.base.RolloutEngine` on an in-process ``vllm.LLM``."""
 
+    # generates with its own copy of the weights: the trainer syncs it layer by layer from its
+    # (ZeRO-3 partitioned) model instead of gathering the model whole for generation
+    holds_own_weights = True
+
     def __init__(
         self,
         model_dir: str | Path,
@@ -117,6 +129,7 @@ class VLLMEngine:
         self.model_dir, self._owned_dir = Path(model_dir), owned_dir
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process: weights reachable
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
+        started = time.perf_counter()
         kwargs = self.options.colocated_kwargs()
         with environment(cpu_workers_env(self.options.tensor_parallel_size)):
             self.llm = LLM(model=str(model_dir), **kwargs)
@@ -126,9 +139,23 @@ class VLLMEngine:
         torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
         atexit.register(self.close)  # before vLLM's own finalizer, which would fail as above
-        self.asleep = False
+        self._keep_transformers_usable(eager=kwargs["enforce_eager"])
+        self.awake = {"weights", "kv_cache"}  # what sleep mode has not released
         self.sync_count, self.last_sync_seconds = 0, 0.0
+        self.start_seconds = time.perf_counter() - started  # vLLM's start-up
         self.sleep()
+
+    def _keep_transformers_usable(self, eager: bool) -> None:
+        """Undo vLLM's rewrite of transformers classes (:mod:`rollouts.vllm_compat`); an engine
+        that compiles a model through vLLM's Transformers backend is closed and refused."""
+        if eager:
+            restore_transformers_classes()
+            return
+        rewritten = [cls.__qualname__ for cls in rewritten_transformers_classes()]
+        if rewritten:
+            self.close()
+            restore_transformers_classes()
+            raise ValueError(COMPILED_BACKEND_HELP.format(names=", ".join(rewritten)))
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, tokenizer, options: VLLMOptions | None = None):
@@ -142,27 +169,37 @@ class VLLMEngine:
     # ------------------------------------------------------------ sleep mode
 
     def sleep(self) -> None:
-        """Release weights and KV cache memory (sleep mode only) until the next use."""
-        if self.options.enable_sleep_mode and not self.asleep:
+        """Release weights (kept in host memory) and KV cache (sleep mode only) until the next
+        use."""
+        if self.options.enable_sleep_mode and self.awake:
             self.llm.sleep(level=1)
-            self.asleep = True
+            self.awake = set()
 
-    def wake_up(self) -> None:
-        if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+    def wake_up(self, tags: tuple[str, ...] = ("weights", "kv_cache")) -> None:
+        """Re-allocate what ``tags`` name (``weights``, ``kv_cache``) if sleep mode released it."""
+        missing = [tag for tag in tags if tag not in self.awake]
+        if self.options.enable_sleep_mode and missing:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the trainer's cached blocks, before vLLM maps its own
+            self.llm.wake_up(tags=missing)
+            self.awake.update(missing)
 
     # ------------------------------------------------------------ protocol
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Copy ``model``'s weights (ZeRO-3 gathered, LoRA merged) into vLLM, in place."""
+        """Copy ``model``'s weights (LoRA merged) into vLLM in place, one layer at a time: under
+        ZeRO-3 each layer is gathered only while it is loaded (every training process syncs
+        its own engine, so all of them take part in each gather). With sleep mode the weights
+        stay awake for the rollout that follows."""
         started = time.perf_counter()
-        self.wake_up()
-        with exported(model) as weights:
-            # runs in every worker: in this process, or in a tensor-parallel engine's workers
-            self.llm.collective_rpc("align_load_tensors", args=(weights,))
+        self.wake_up(("weights",))
+        # each call runs in every worker: in this process, or in a tensor-parallel engine's workers
+        rpc = self.llm.collective_rpc
+        rpc("align_start_load")
+        for chunk in weight_chunks(model):
+            rpc("align_load_chunk", args=(chunk,))
+        rpc("align_finish_load")
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
-        self.sleep()
         self.sync_count += 1
         self.last_sync_seconds = time.perf_counter() - started
 

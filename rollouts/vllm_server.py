@@ -37,6 +37,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ from rollouts.vllm_engine import (
     finish_reason,
     vllm_sampling_fields,
 )
-from rollouts.weight_sync import exported, save_weights
+from rollouts.weight_sync import save_weights, weight_chunks
 
 
 class ServerUnavailable(ConnectionError):
@@ -109,6 +110,7 @@ class VLLMServerEngine:
     """A :class:`~rollouts.base.RolloutEngine` on a vLLM OpenAI-compatible server."""
 
     shared = True  # one server for every training process
+    holds_own_weights = True  # synced layer by layer, never from a whole gathered model
 
     def __init__(
         self,
@@ -283,18 +285,19 @@ class VLLMServerEngine:
         return self._owned_dir / "weights"
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Send ``model``'s weights (ZeRO-3 gathered, LoRA merged) to the server, which loads
-        them in place; its prefix cache is reset. Call it on one process only."""
+        """Send ``model``'s weights (LoRA merged) to the server, which loads them in place; its
+        prefix cache is reset. Call it on one process only; under ZeRO-3 the weights are
+        gathered one layer at a time, and the other processes take part in each gather
+        (:func:`~rollouts.weight_sync.join_gathers`)."""
         started = time.perf_counter()
-        with exported(model) as weights:
-            if self.options.weight_sync == "file":
-                path = save_weights(weights, self._weights_dir())
-                self._dev_route(
-                    "/collective_rpc",
-                    {"method": "align_load_weights", "kwargs": {"path": str(path.resolve())}},
-                )
-            else:
-                self._weight_broadcaster().send(weights)
+        if self.options.weight_sync == "file":  # a host-memory copy, one layer gathered at a time
+            path = save_weights(chain.from_iterable(weight_chunks(model)), self._weights_dir())
+            self._dev_route(
+                "/collective_rpc",
+                {"method": "align_load_weights", "kwargs": {"path": str(path.resolve())}},
+            )
+        else:
+            self._weight_broadcaster().send(model)
         self._dev_route("/reset_prefix_cache")
         self.sync_count += 1
         self.last_sync_seconds = time.perf_counter() - started

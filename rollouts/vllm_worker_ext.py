@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from rollouts.weight_sync import load_saved_weights, load_weights_in_place
+from rollouts.weight_sync import InPlaceLoader, load_saved_weights, load_weights_in_place
 from rollouts.weight_transfer import register_worker_engine
 
 EXTENSION = "rollouts.vllm_worker_ext.WeightSyncExtension"  # vLLM wants a dotted name
@@ -29,3 +29,17 @@ class WeightSyncExtension:
     def align_load_tensors(self, weights: list[tuple[str, torch.Tensor]]) -> int:
         """Load HF-named full tensors in place (each worker keeps its tensor-parallel shard)."""
         return load_weights_in_place(self.model_runner.model, weights)
+
+    # a sync in chunks: start, one call per layer, finish (rollouts.vllm_engine.sync_weights)
+
+    def align_start_load(self) -> None:
+        self._align_loader = InPlaceLoader(self.model_runner.model)
+
+    def align_load_chunk(self, weights: list[tuple[str, torch.Tensor]]) -> int:
+        """Load one layer's HF-named full tensors in place (after :meth:`align_start_load`)."""
+        return self._align_loader.load(weights)
+
+    def align_finish_load(self) -> int:
+        """End the sync; returns the number of vLLM parameters it set."""
+        loader, self._align_loader = self._align_loader, None
+        return loader.finish()

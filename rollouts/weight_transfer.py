@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from itertools import chain, groupby
 from typing import Any, ClassVar
 
 import torch
@@ -41,7 +42,7 @@ from vllm.distributed.weight_transfer.nccl_engine import (
     NCCLTrainerWeightTransferEngine,
 )
 
-from rollouts.weight_sync import loading_in_place
+from rollouts.weight_sync import InPlaceLoader, layer_key, weight_chunks, weight_metadata
 
 GLOO = "align_gloo"
 BACKENDS = ("nccl", GLOO)
@@ -96,9 +97,9 @@ class GlooUpdateInfo(WeightTransferUpdateInfo):
 
 
 class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
-    """A vLLM worker receives each tensor by gloo broadcast and loads it in place
-    (:func:`~rollouts.weight_sync.loading_in_place`: on the CPU backend, re-packed once at the
-    end of the update)."""
+    """A vLLM worker receives each tensor by gloo broadcast and loads it in place, one layer at
+    a time (:class:`~rollouts.weight_sync.InPlaceLoader`: on the CPU backend, each layer is
+    re-packed as soon as it is loaded)."""
 
     init_info_cls = GlooInitInfo
     update_info_cls = GlooUpdateInfo
@@ -107,7 +108,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
     def __init__(self, config, vllm_config, device, model) -> None:
         super().__init__(config, vllm_config, device, model)
         self.group: torch.distributed.ProcessGroup | None = None
-        self._loading = None
+        self._loader: InPlaceLoader | None = None
 
     def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
         parallel = self.parallel_config
@@ -121,13 +122,16 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         )
 
     def start_weight_update(self) -> None:
-        self._loading = loading_in_place(self.model)
-        self._loading.__enter__()
+        self._loader = InPlaceLoader(self.model)
 
     def receive_weights(self, update_info: GlooUpdateInfo) -> None:
         if self.group is None:
             raise RuntimeError("weight transfer: init_weight_transfer_engine was not called")
-        self.model.load_weights(self._received(update_info))
+        loader = self._loader or InPlaceLoader(self.model)  # an update without a start
+        for _, layer in groupby(self._received(update_info), key=lambda item: layer_key(item[0])):
+            loader.load(list(layer))
+        if self._loader is None:
+            loader.finish()
 
     def _received(self, info: GlooUpdateInfo) -> Iterator[tuple[str, torch.Tensor]]:
         """One tensor at a time: nothing beyond the model and one tensor is held."""
@@ -137,9 +141,9 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
             yield name, tensor.to(self.device)
 
     def finish_weight_update(self) -> None:
-        loading, self._loading = self._loading, None
-        if loading is not None:
-            loading.__exit__(None, None, None)
+        loader, self._loader = self._loader, None
+        if loader is not None:
+            loader.finish()
 
     def shutdown(self) -> None:
         self.group = None
@@ -154,16 +158,22 @@ def register_worker_engine() -> None:
 # ------------------------------------------------------------------ the trainer's side
 
 
-class ListSource(WeightSource):
-    """The weights to send next, as ``(hf_name, tensor)`` pairs (set before each send)."""
+class ModelSource(WeightSource):
+    """The weights to send next (set before each send): a model, streamed one layer at a time
+    (:func:`~rollouts.weight_sync.weight_chunks`: under ZeRO-3 each layer is gathered only while
+    it is sent; the metadata needs no gather), or a list of ``(hf_name, tensor)`` pairs."""
 
     def __init__(self) -> None:
-        self.weights: list[tuple[str, torch.Tensor]] = []
+        self.weights: torch.nn.Module | list[tuple[str, torch.Tensor]] = []
 
     def metadata(self) -> list[ParamMeta]:
+        if isinstance(self.weights, torch.nn.Module):
+            return [ParamMeta(*meta) for meta in weight_metadata(self.weights)]
         return [ParamMeta(n, t.dtype, tuple(t.shape)) for n, t in self.weights]
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        if isinstance(self.weights, torch.nn.Module):
+            return chain.from_iterable(weight_chunks(self.weights))
         return iter(self.weights)
 
 
@@ -279,7 +289,7 @@ class WeightBroadcaster:
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"weight transfer: expected one of {BACKENDS}, got {backend!r}")
-        self.source = ListSource()
+        self.source = ModelSource()
         world_size = 1 + server_workers
         if backend == GLOO:
             info = GlooTrainerInitInfo(
@@ -294,8 +304,11 @@ class WeightBroadcaster:
                 info, client=client, source=self.source
             )
 
-    def send(self, weights: list[tuple[str, torch.Tensor]]) -> None:
-        """Broadcast ``weights`` (HF names, full tensors; on the NCCL backend, on the GPU)."""
+    def send(self, weights: torch.nn.Module | list[tuple[str, torch.Tensor]]) -> None:
+        """Broadcast a model's weights, one layer at a time (ZeRO-3: the other training
+        processes take part in each layer's gather with
+        :func:`~rollouts.weight_sync.join_gathers`), or a list of ``(hf_name, full tensor)``
+        (on the NCCL backend, on the GPU)."""
         self.source.weights = weights
         try:
             self.engine.send_weights()

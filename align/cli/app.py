@@ -27,12 +27,15 @@ from align.cli.bucket import data_bucket
 from align.cli.common import USER_ERRORS, WRITE_ERRNOS, console, err_console, progress_bar
 from align.cli.config_command import LAUNCH_EXTRAS, Extra, Invocation, config_command
 from align.cli.eval import eval_app, gsb_command, mcq_command
+from align.cli.export import export_command
 from align.cli.filter import filter_command
 from align.cli.launch import relaunch
 from align.cli.pei import pei
+from align.cli.plan import plan_command
 from align.cli.recipes import pretrain_command, sft_command
 from align.cli.rm import rm_app, rm_eval_command, rm_train_command
 from align.cli.serve import serve_command
+from align.cli.tiny import tiny_data, tiny_model
 from align.core.config import ConfigWarning
 from align.core.quiet import VERBOSE_HELP, apply_quiet, verbose_from_env, verbose_requested
 
@@ -48,6 +51,9 @@ app.add_typer(tiny_app, name="tiny")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.add_typer(rm_app, name="rm")
+app.command("export")(export_command)
+tiny_app.command("model")(tiny_model)
+tiny_app.command("data")(tiny_data)
 
 
 def _version(value: bool) -> None:
@@ -183,7 +189,8 @@ ppo = config_command(
     run_ppo_command,
     help="PPO with actor, reference, critic and reward functions. Every PPOConfig field is an "
     "option (e.g. --beta 0.1 --total_steps 20 --rollout.engine vllm); --config tiny is the "
-    "shipped tiny-world config.",
+    "shipped tiny-world config, where a command line with no model path and no --config "
+    "starts; once a model path is given, every input is required.",
     extras=LAUNCH_EXTRAS,
 )
 
@@ -268,6 +275,7 @@ def cli() -> click.Group:
         for word in path:
             group = group.commands[word]
         group.add_command(command)
+    root.add_command(plan_command)  # reads a run's config; not a config command itself
     return root
 
 

@@ -2,6 +2,10 @@
 for nested configs), ``--help`` lists each with its type, default, range and help, and every
 command takes ``--config FILE.yaml`` and ``--show_config``.
 
+A command line without ``--config`` that gives no model path starts from the class's shipped
+tiny-world config (``config_tiny_base``; a one-line note on stderr says so): the tiny world
+fills in the inputs, and its config the small lengths that suit it.
+
 Spelling: field names with underscores (``--max_new_tokens``); dashes are read as underscores
 (``--max-new-tokens``), and a class's old spellings (``config_renames``) still work with a
 warning. Values are read as :func:`align.core.config.load_config` reads them. An unknown option
@@ -173,6 +177,14 @@ class ConfigCommand(click.Command):
                 overrides += [f"--{row.name}", text]
         config = params.get("config") or self.default_config
         cfg = C.load_config(self.config_class, config, overrides)
+        if config is None and _tiny_base(cfg):
+            config = _tiny_base(cfg)
+            cfg = C.load_config(self.config_class, config, overrides)
+            click.echo(
+                f"note: no model path given: the tiny world, starting from the shipped config "
+                f"'{config}' (--config FILE starts from another)",
+                err=True,
+            )
         if params.get("show_config"):
             click.echo(C.config_to_yaml(cfg), nl=False)
             return None
@@ -204,6 +216,14 @@ class ConfigCommand(click.Command):
             )
             with formatter.section(title):
                 formatter.write_dl([_row(r) for r in inherited])
+
+
+def _tiny_base(cfg: Any) -> str | None:
+    """The shipped config a command line with no ``--config`` starts from when it gives no model
+    path (``config_tiny_base`` of a class with ``uses_tiny_world()``): the tiny world's small
+    lengths and learning rates, where the class's own defaults are for real models."""
+    base = getattr(type(cfg), "config_tiny_base", None)
+    return base if base is not None and cfg.uses_tiny_world() else None
 
 
 def _is_plain(param: click.Parameter) -> bool:

@@ -70,6 +70,12 @@ def command_section(words: list[str], command) -> list[str]:
         lines.append(f"Other options: {extras}.")
     if command.default_config:
         lines.append(f"Without `--config`, the shipped `{command.default_config}` config is read.")
+    tiny = getattr(cls, "config_tiny_base", None)
+    if tiny and not command.default_config:
+        lines.append(
+            f"Without `--config`, a command line that gives no model path starts from the shipped "
+            f"`{tiny}` config (the tiny world; a note on stderr says so)."
+        )
     lines.append("")
     base = getattr(cls, "config_trl_base", None)
     base_names = {f.name for f in dataclasses.fields(base)} if base else set()

@@ -18,6 +18,10 @@ from align.cli.config_command import Invocation, config_command
 from align.core.models import check_model_dir
 from align.core.outputs import check_output_dir
 
+#: The value of ``--baseline`` / ``--prompts`` of ``align eval gsb`` that asks for the tiny
+#: world's SFT policy / held-out prompts (nothing is filled in unasked: the candidate is a model).
+TINY = "tiny"
+
 eval_app = typer.Typer(
     help="Evaluate policies: GSB win rates per sub-domain, MCQ benchmarks (FinanceIQ layout).",
     no_args_is_help=True,
@@ -49,16 +53,18 @@ def _mcq_config() -> type:
 
 def run_eval_gsb(cfg, invocation: Invocation) -> None:
     """Good / same / bad of a candidate policy against a baseline, per sub-domain."""
-    from eval.gsb_run import load_prompt_records, run_gsb  # lazy: as in _gsb_config
+    from eval.gsb_run import check_inputs, load_prompt_records, run_gsb  # lazy: as in _gsb_config
 
-    # before the tiny world is built
-    _check_paths(Path(cfg.out), candidate=cfg.candidate, baseline=cfg.baseline)
-    if cfg.baseline is None or cfg.prompts is None:
+    # before the tiny world is built; 'tiny' asks for the tiny world's baseline / prompts
+    check_inputs(cfg)
+    baseline = None if cfg.baseline == TINY else cfg.baseline
+    _check_paths(Path(cfg.out), candidate=cfg.candidate, baseline=baseline)
+    if TINY in (cfg.baseline, cfg.prompts):
         world = _tiny_world()
         cfg = dataclasses.replace(
             cfg,
-            baseline=cfg.baseline or str(world.policy),
-            prompts=cfg.prompts or str(world.data("eval_prompts")),
+            baseline=baseline or str(world.policy),
+            prompts=str(world.data("eval_prompts")) if cfg.prompts == TINY else cfg.prompts,
         )
     total = 2 * len(load_prompt_records(cfg))
     with _progress("answers", total) as advance:
@@ -81,7 +87,7 @@ def run_eval_mcq(cfg, invocation: Invocation) -> None:
     _check_paths(out, policy=cfg.policy)
     total = len(build_prompts(cfg).items) * (2 if cfg.scoring == "both" else 1)  # checks the data
     policy_dir = cfg.policy or _tiny_world().policy
-    model, tokenizer = load_policy(str(policy_dir), "policy")
+    model, tokenizer = load_policy(str(policy_dir), "policy", cfg.dtype, cfg.attn_implementation)
     with _progress("questions", total) as advance:
         results = evaluate_mcq(model, tokenizer, cfg, on_batch=advance)
     setup = {"policy": str(policy_dir), "data": str(data), "split": cfg.split, "shots": cfg.shots}

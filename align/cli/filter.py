@@ -85,6 +85,8 @@ filter_command = config_command(
     run_filter_command,
     help="Sample n answers per prompt, score them, drop prompts whose score std is too low or "
     "whose mean is extreme, and keep a std-weighted sample with each category's share. Every "
-    "FilterConfig field is an option (e.g. --rewards tiny --n 8 --keep 500 --out kept.jsonl).",
+    "FilterConfig field is an option (e.g. --rewards tiny --n 8 --keep 500 --out kept.jsonl). "
+    "With no policy and no --config it starts from the shipped tiny config (the tiny world); "
+    "once a policy is given, prompts and rewards are required.",
     aliases=ALIASES,
 )

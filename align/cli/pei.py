@@ -30,9 +30,10 @@ pei = config_command(
     run_pei_command,
     help="PEI-RLHF: PPO pre-training, then rounds of evaluate → attribute → re-mix → improve. "
     "Every PEIConfig field is an option (the PPO config of the rounds under --ppo.*, e.g. "
-    "--ppo.total_steps 20 --round_steps 20 --beta0 0.2).",
+    "--ppo.total_steps 20 --round_steps 20 --beta0 0.2). With no model path and no --config "
+    "it runs the tiny world from the shipped tiny config; once a model path is given, every "
+    "input is required.",
     extras=LAUNCH_EXTRAS,
-    default_config="tiny",
 )
 
 

@@ -3,6 +3,7 @@
 A format is a chat template. Engines and reward models only ever call ``apply_chat_template``;
 this module supplies the templates of the XuanYuan and Ziya2 models (exact strings: METHODS §7)
 and finds which characters and tokens of a rendered conversation the assistant wrote.
+:func:`save_tokenizer` saves a tokenizer carrying a run's format as its chat template.
 
 Rendered strings, ``q``/``a`` for user/assistant turns::
 
@@ -139,6 +140,15 @@ class ChatFormat:
         """Make this format the tokenizer's chat template (no-op for ``hf``)."""
         if self.template is not None:
             tokenizer.chat_template = self.template
+
+
+def save_tokenizer(tokenizer, directory, chat_format: str) -> None:
+    """``tokenizer.save_pretrained(directory)`` with the run's ``chat_format`` made its chat
+    template first (``hf`` keeps the tokenizer's own), so whoever loads the saved model renders
+    conversations as the run did. Every tokenizer align saves goes through here (or, where a
+    TRL trainer saves it, has the format applied when it is loaded)."""
+    get_chat_format(chat_format).apply_to(tokenizer)
+    tokenizer.save_pretrained(directory)
 
 
 def _special_tokens(tokenizer) -> dict[str, str]:

@@ -58,6 +58,20 @@ class ConfigError(ValueError):
         self.path = path
 
 
+def missing_inputs_error(given: tuple[str, Any], missing: Sequence[tuple[str, str]]) -> ConfigError:
+    """The error of a run that names a model path but leaves other inputs empty: the tiny world
+    fills in only when no model path is given. ``given``: ``(field, path)`` of the model path
+    that was given; ``missing``: ``(field, what it expects)`` of each empty input, the first
+    named with what it expects, the others listed after it (one line)."""
+    (field, expected), rest = missing[0], missing[1:]
+    also = f" (also missing: {', '.join(name for name, _ in rest)})" if rest else ""
+    return ConfigError(
+        f"{field}: required once a model path is given ({given[0]}: {given[1]}): expected "
+        f"{expected}; the tiny world fills in only when no model path is given{also}",
+        field,
+    )
+
+
 class ConfigWarning(FutureWarning):
     """An old spelling that still works (warned once per spelling)."""
 

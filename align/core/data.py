@@ -33,15 +33,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any
-
-import datasets
-import pandas as pd
-import pyarrow as pa
-from datasets import Dataset, DatasetDict, Features, Value
-from datasets.exceptions import DatasetGenerationError
+from typing import TYPE_CHECKING, Any
 
 from align.core.io import atomic_path
+
+if TYPE_CHECKING:  # read lazily: the record helpers work without them (the GPU benchmark)
+    from datasets import Dataset
 
 __all__ = [
     "KINDS",
@@ -286,7 +283,7 @@ def check_record(kind: str, record: Mapping[str, Any]) -> list[Problem]:
 # --------------------------------------------------------------------------- reading
 
 Numbered = list[tuple[int, dict | DataError]]  # JSON Lines: (line number, row or error)
-Raw = Numbered | Dataset
+Raw = "Numbered | Dataset"  # a Dataset read by the datasets library, or JSON Lines
 
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 _FORMATS_HELP = "a .jsonl, .json, .parquet or .csv file, or a saved datasets directory"
@@ -295,6 +292,8 @@ _FORMATS_HELP = "a .jsonl, .json, .parquet or .csv file, or a saved datasets dir
 @contextmanager
 def _quiet() -> Iterator[None]:
     """Silence datasets' progress bars for tiny local reads, restoring the previous state."""
+    import datasets  # lazy: datasets (and pyarrow) only when a file is read
+
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
@@ -375,6 +374,11 @@ def _check_field_counts(path: Path, reader: Iterator[list[str]], n_fields: int) 
 
 def _read_csv(path: Path) -> Dataset:
     """Every cell as text, exactly as written; empty cells as None."""
+    # lazy: datasets, pandas and pyarrow only when a file is read
+    import pandas as pd
+    from datasets import Dataset, Features, Value
+    from datasets.exceptions import DatasetGenerationError
+
     _csv_prescan(path)
     try:
         columns = list(pd.read_csv(path, nrows=0, index_col=False).columns)
@@ -389,6 +393,11 @@ def _read_csv(path: Path) -> Dataset:
 
 
 def _read_parquet(path: Path) -> Dataset:
+    # lazy: datasets and pyarrow only when a file is read
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.exceptions import DatasetGenerationError
+
     try:
         with _quiet(), TemporaryDirectory() as cache:
             return Dataset.from_parquet(str(path), keep_in_memory=True, cache_dir=cache)
@@ -397,11 +406,13 @@ def _read_parquet(path: Path) -> Dataset:
 
 
 def _read_dir(path: Path) -> Dataset:
+    import datasets  # lazy: datasets only when a file is read
+
     try:
         loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
     except FileNotFoundError as exc:
         raise DataError(path, None, None, "a directory saved by Dataset.save_to_disk") from exc
-    if isinstance(loaded, DatasetDict):
+    if isinstance(loaded, datasets.DatasetDict):
         if len(loaded) != 1:
             raise DataError(path, None, None, "a Dataset or a one-split DatasetDict", list(loaded))
         loaded = next(iter(loaded.values()))
@@ -452,6 +463,10 @@ def _type_errors(path: Path, rows: Numbered) -> dict[int, list[DataError]]:
 
 def _rows_to_dataset(path: Path, rows: Iterable[dict]) -> Dataset:
     """A Dataset holding every key of every row (``Dataset.from_list`` keeps the first row's)."""
+    # lazy: datasets and pyarrow only when a file is read
+    import pyarrow as pa
+    from datasets import Dataset
+
     rows = list(rows)
     names = list(dict.fromkeys(name for row in rows for name in row))
     try:
@@ -476,7 +491,7 @@ def read_table(path: str | os.PathLike[str]) -> Dataset:
     """
     p, fmt = _locate(path)
     raw = _RAW_READERS[fmt](p)
-    if isinstance(raw, Dataset):
+    if not isinstance(raw, list):  # a Dataset already (not JSON Lines)
         return raw
     error = _first_error(p, raw)
     if error is not None:
@@ -591,6 +606,8 @@ def _mcq_row(row: Mapping[str, Any], stem: str) -> dict:
 
 def _finish(path: Path, kind: str, fmt: str, data: Dataset) -> Dataset:
     """Kind-specific normalisation of a validated Dataset."""
+    from datasets import Value  # lazy: datasets only when a file is read
+
     if kind == "mcq":
         return _rows_to_dataset(path, (_mcq_row(row, path.stem) for row in data))
     for name in _CSV_NUMBERS.get(kind, ()) if fmt == "csv" else ():
@@ -612,7 +629,7 @@ def load_records(path: str | os.PathLike[str], kind: str) -> Dataset:
     report = _report(p, kind, fmt, raw, max_errors=1)
     if report.errors:
         raise report.errors[0]
-    data = raw if isinstance(raw, Dataset) else _rows_to_dataset(p, (row for _, row in raw))
+    data = _rows_to_dataset(p, (row for _, row in raw)) if isinstance(raw, list) else raw
     return _finish(p, kind, fmt, data)
 
 

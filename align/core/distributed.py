@@ -14,6 +14,8 @@ Used by PPO and pretraining (:func:`make_accelerator`) and by the TRL-based UFRM
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from accelerate import Accelerator
@@ -62,3 +64,30 @@ def configure_deepspeed(accelerator, micro_batch_size: int, **settings) -> None:
     config = accelerator.state.deepspeed_plugin.deepspeed_config
     config["train_micro_batch_size_per_gpu"] = micro_batch_size
     config.update(settings)
+
+
+#: The batch sizes DeepSpeed checks when it builds an engine (``auto`` until ``prepare()``).
+BATCH_KEYS = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps")
+
+
+@contextmanager
+def batch_sizes_for_frozen_engines(accelerator, micro_batch_size: int) -> Iterator[None]:
+    """Concrete batch sizes in the DeepSpeed config while frozen engines (TRL's
+    ``prepare_deepspeed``) are built before ``prepare()``, which fills its ``auto`` values
+    itself; the config is as it was afterwards. No-op without DeepSpeed."""
+    if accelerator.distributed_type != "DEEPSPEED":
+        yield
+        return
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    saved = {k: config[k] for k in BATCH_KEYS if k in config}
+    config.update(
+        train_micro_batch_size_per_gpu=micro_batch_size,
+        train_batch_size=micro_batch_size * accelerator.num_processes,
+        gradient_accumulation_steps=1,
+    )
+    try:
+        yield
+    finally:
+        for key in BATCH_KEYS:
+            config.pop(key, None)
+        config.update(saved)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,52 @@ def load_pretrained(auto_class: Any, path: str | os.PathLike[str], field: str, *
     :func:`check_model_dir` (so a bad path is one line naming ``field``, not a traceback).
 
     ``auto_class``: any transformers class with ``from_pretrained``, e.g.
-    ``AutoModelForCausalLM`` or ``AutoModelForSequenceClassification``.
+    ``AutoModelForCausalLM`` or ``AutoModelForSequenceClassification``. ``kwargs`` whose value
+    is None are left out (transformers' default). Under DeepSpeed ZeRO-3 the model loads
+    partitioned, each process reading only its own slices
+    (:func:`align.core.sharded_loading.load_partitioned`).
     """
     directory = check_model_dir(path, field)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    # lazy: torch and transformers stay off the path checks' imports (CLI --help)
+    from align.core import sharded_loading
+
+    if sharded_loading.zero3_enabled():
+        return sharded_loading.load_partitioned(auto_class, directory, **kwargs)
     return auto_class.from_pretrained(directory, use_safetensors=True, **kwargs)
+
+
+#: Load dtypes a config may name.
+DTYPES = ("float32", "bfloat16", "float16")
+#: The keys of TRL's ``model_init_kwargs`` that apply when a recipe loads its model itself.
+INIT_KWARGS = ("dtype", "attn_implementation")
+
+
+def load_options(dtype: str | None = None, attn_implementation: str | None = None) -> dict:
+    """``from_pretrained`` keyword arguments for a config's ``dtype`` (``float32``, ``bfloat16``,
+    ``float16``) and ``attn_implementation`` (None: left to transformers)."""
+    options: dict[str, Any] = {}
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        # lazy: torch stays off the path checks' imports (CLI --help)
+        import torch
+
+        options["dtype"] = getattr(torch, dtype)
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    return options
+
+
+def model_init_options(model_init_kwargs: Mapping[str, Any] | None) -> dict:
+    """:func:`load_options` from TRL's ``model_init_kwargs`` (SFT and UFRM recipes, which load
+    their model themselves): ``dtype`` and ``attn_implementation`` apply; any other key is a
+    ValueError naming it rather than a setting silently ignored."""
+    kwargs = dict(model_init_kwargs or {})
+    unknown = sorted(set(kwargs) - set(INIT_KWARGS))
+    if unknown:
+        raise ValueError(
+            f"model_init_kwargs: only {' and '.join(INIT_KWARGS)} apply (the recipe loads the "
+            f"model itself), got {unknown}"
+        )
+    return load_options(kwargs.get("dtype"), kwargs.get("attn_implementation"))

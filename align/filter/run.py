@@ -35,21 +35,21 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
-from align.core.config import build, check_ranges, config_to_dict
+from align.core.config import build, check_ranges, config_to_dict, missing_inputs_error
 from align.core.config import help_field as _help
 from align.core.data import load_records, messages_of, write_jsonl
 from align.core.io import read_jsonl
-from align.core.models import check_model_dir, load_pretrained
+from align.core.models import check_model_dir, load_options, load_pretrained
 from align.core.outputs import check_output_dir, check_output_file
 from align.core.pref_data import financeiq_prompt
 from align.filter import selection as F
 from align.filter.report import rule_text, write_report
 from align.tiny.build import build_tiny_world
-from rm.spec import RewardSpec, as_specs, tiny_rule
+from rm.spec import REWARDS_EXPECTED, RewardSpec, as_specs, tiny_rule
 from rollouts.base import SamplingParams
 from rollouts.config import RolloutConfig
 
@@ -66,16 +66,34 @@ class FilterConfig:
 
     prompts: str | None = _help(
         "Prompt records (JSONL/Parquet/CSV/dir) or FinanceIQ MCQ CSVs (a file or a folder of "
-        "*.csv: each question becomes its zero-shot prompt, category = exam); none = tiny world.",
+        "*.csv: each question becomes its zero-shot prompt, category = exam); required with a "
+        "policy; none without one = the tiny world's RL prompts.",
         None,
     )
-    policy: str | None = _help("Policy that samples the answers; none = tiny world policy.", None)
+    policy: str | None = _help(
+        "Policy that samples the answers. None = the tiny world's SFT policy, and the tiny "
+        "world fills in prompts and rewards left empty; once a policy is given, prompts and "
+        "rewards are required.",
+        None,
+    )
     rewards: list[RewardSpec] = _help(
         "Reward sources as in align ppo (entries: see rewards[] below; or written short: a "
         "reward model directory, an http(s) URL, module:function, file.py:function, tiny, mcq, "
         "rule:NAME); repeat --rewards to sum several. An entry without on_invalid drops "
-        "(the prompt is dropped and counted).",
-        factory=tiny_rule,
+        "(the prompt is dropped and counted). Required with a policy; empty without one = the "
+        "tiny world's rule.",
+        factory=list,
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = _help(
+        "Dtype the policy is loaded in (float32, bfloat16, float16): by the hf engine, and by "
+        "vLLM when rollout.vllm.dtype is auto; none = the checkpoint's own (its config.json). "
+        "Score statistics are float64 whatever it is.",
+        None,
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = _help(
+        "Attention kernel of the policy the hf engine loads (eager, sdpa, flash_attention_2); "
+        "none = transformers' choice for the model.",
+        None,
     )
     rollout: RolloutConfig = _help(
         "Rollout engine and its options (hf, vllm, vllm-server), as in align ppo.",
@@ -86,8 +104,18 @@ class FilterConfig:
     temperature: float = _help("Sampling temperature (as PPO samples).", 0.7, gt=0)
     top_p: float = _help("Nucleus sampling.", 0.9, gt=0, le=1)
     top_k: int = _help("Top-k sampling (0 = off).", 0, ge=0)
-    max_new_tokens: int = _help("Answer length limit.", 48, ge=1)
-    max_prompt_length: int = _help("Longer prompts are left-truncated (and counted).", 256, ge=1)
+    max_new_tokens: int = _help(
+        "Answer length limit; 1024 as PPO's (sample the answers PPO will sample); the tiny "
+        "config sets 48.",
+        1024,
+        ge=1,
+    )
+    max_prompt_length: int = _help(
+        "Longer prompts are left-truncated (and counted); 1024 as PPO's; the tiny config sets "
+        "256.",
+        1024,
+        ge=1,
+    )
     batch_size: int = _help(
         "Prompts per engine call (each sampled n times); each call's scores are cached when it "
         "returns, so a killed run loses at most one call. Larger: faster engines, more to redo.",
@@ -131,6 +159,9 @@ class FilterConfig:
         "Extra text in the cache key (a caller passing its own engine names its weights here).", ""
     )
 
+    config_name: ClassVar[str] = "filter"  # --config tiny → align/configs/filter_tiny.yaml
+    #: The shipped config a command line with no policy and no --config starts from.
+    config_tiny_base: ClassVar[str] = "tiny"
     config_renames: ClassVar[dict[str, str]] = OLD_SPELLINGS
     config_removed: ClassVar[dict[str, str]] = {
         "engine_options": "no longer a field; set rollout.vllm.<option>, "
@@ -146,9 +177,9 @@ class FilterConfig:
                 f"{self.temperature}"
             )
         check_ranges(self)
-        if not self.rewards:
-            raise ValueError("rewards: expected at least one reward source")
         self.rewards = as_specs(self.rewards)  # entries given in code as mappings
+        if not self.rewards and self.uses_tiny_world():
+            self.rewards = tiny_rule()  # empty = not given; a run with a policy requires them
         if isinstance(self.rollout, Mapping):  # given in code as a mapping
             self.rollout = build(RolloutConfig, self.rollout, "rollout")
         self._check_exclusive()
@@ -175,6 +206,11 @@ class FilterConfig:
         ):
             if q is not None and not 0 <= q <= 1:
                 raise ValueError(f"{name}: expected quantiles in [0, 1], got {q}")
+
+    def uses_tiny_world(self) -> bool:
+        """No policy given: the tiny world fills in the inputs left empty. Once one is given,
+        prompts and rewards are the user's to give (no toy fallback)."""
+        return self.policy is None
 
     @property
     def std_rule(self) -> dict:
@@ -318,6 +354,10 @@ def cache_key(cfg: FilterConfig, keys: Sequence[str], reward_names: list[str] | 
             )
         },
     }
+    # in the key only when set, so caches written before these fields existed stay valid
+    for name in ("dtype", "attn_implementation"):
+        if getattr(cfg, name) is not None:
+            determining[name] = getattr(cfg, name)
     text = json.dumps(determining, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -351,16 +391,37 @@ def _tiny_world():
     return build_tiny_world()[0]
 
 
+#: What each input is, named in the error when a run with a policy lacks it.
+EXPECTED_INPUTS = {
+    "prompts": "prompt records {prompt | messages, category} (JSONL/Parquet/CSV/dir) or "
+    "FinanceIQ MCQ CSVs",
+    "rewards": REWARDS_EXPECTED,
+}
+
+
+def check_inputs(cfg: FilterConfig, reward_given: bool = False) -> None:
+    """With a policy given, ``prompts`` and (unless the caller passes a ready reward,
+    ``reward_given``) ``rewards`` are required: one line naming the first one missing."""
+    if cfg.uses_tiny_world():
+        return
+    empty = {"prompts": cfg.prompts is None, "rewards": not cfg.rewards and not reward_given}
+    missing = [(name, EXPECTED_INPUTS[name]) for name, is_empty in empty.items() if is_empty]
+    if missing:
+        raise missing_inputs_error(("policy", cfg.policy), missing)
+
+
 def resolve_defaults(cfg: FilterConfig, need_policy: bool = True) -> FilterConfig:
-    """A copy of ``cfg`` with ``prompts`` (and, when ``need_policy``, ``policy``) filled from the
-    tiny world where the config leaves them empty."""
-    if cfg.prompts is not None and (cfg.policy is not None or not need_policy):
+    """A copy of ``cfg`` with its inputs resolved. With no policy given, the tiny world fills in
+    ``prompts`` where left empty and, when ``need_policy`` (no ready engine), ``policy`` (its
+    rule is already the rewards: :meth:`FilterConfig.__post_init__`); with a policy given,
+    nothing is filled in (:func:`check_inputs` has checked the inputs)."""
+    if not cfg.uses_tiny_world() or (cfg.prompts is not None and not need_policy):
         return replace(cfg)
     world = _tiny_world()
     return replace(
         cfg,
         prompts=cfg.prompts or str(world.data("prompts")),
-        policy=cfg.policy or (str(world.policy) if need_policy else None),
+        policy=str(world.policy) if need_policy else None,
     )
 
 
@@ -376,16 +437,22 @@ def load_tokenizer(path: str):
 def build_engine(cfg: FilterConfig, tokenizer):
     """The rollout engine ``cfg.rollout`` describes on ``cfg.policy``
     (:func:`rollouts.factory.engine_from_config`)."""
-    from rollouts.factory import engine_from_config  # lazy: as in load_tokenizer
+    from rollouts.factory import engine_from_config, engine_options  # lazy: as in load_tokenizer
 
-    model = _load_policy(cfg.policy) if cfg.rollout.engine == "hf" else cfg.policy
-    return engine_from_config(cfg.rollout, model, tokenizer, cfg.seed)
+    if cfg.rollout.engine == "hf":
+        return engine_from_config(cfg.rollout, _load_policy(cfg), tokenizer, cfg.seed)
+    changes = {}
+    if cfg.dtype and engine_options(cfg.rollout, cfg.seed).get("dtype") == "auto":
+        changes["dtype"] = cfg.dtype  # the dtype the hf engine would load (as in PPO)
+    return engine_from_config(cfg.rollout, cfg.policy, tokenizer, cfg.seed, **changes)
 
 
-def _load_policy(path: str):
+def _load_policy(cfg: FilterConfig):
+    """The policy with ``cfg.dtype`` and ``cfg.attn_implementation`` (safetensors only)."""
     from transformers import AutoModelForCausalLM  # lazy: as in load_tokenizer
 
-    return load_pretrained(AutoModelForCausalLM, path, "policy").eval()
+    options = load_options(cfg.dtype, cfg.attn_implementation)  # none: transformers' choice
+    return load_pretrained(AutoModelForCausalLM, cfg.policy, "policy", **options).eval()
 
 
 def build_rewards(specs: list[RewardSpec]):
@@ -559,10 +626,12 @@ def _warn_shortfall(selection: F.Selection) -> None:
         )
 
 
-def check_paths(cfg: FilterConfig, engine=None, tokenizer=None) -> None:
-    """Before the tiny world, a model or a sample: the kept file, the report and the cache can
-    be written, and a given policy is a model directory (with safetensors weights when the hf
-    engine loads them here). One line naming the field and the path on failure."""
+def check_paths(cfg: FilterConfig, engine=None, tokenizer=None, reward_given: bool = False) -> None:
+    """Before the tiny world, a model or a sample: a given policy comes with prompts and rewards
+    (:func:`check_inputs`), the kept file, the report and the cache can be written, and the
+    policy is a model directory (with safetensors weights when the hf engine loads them here).
+    One line naming the field (and the path) on failure."""
+    check_inputs(cfg, reward_given)
     check_output_file(cfg.out, "out")
     check_output_dir(cfg.report_path, "report_dir")
     if cfg.use_cache:
@@ -572,7 +641,7 @@ def check_paths(cfg: FilterConfig, engine=None, tokenizer=None) -> None:
 
 
 def _prepare(cfg, engine, reward, tokenizer):
-    check_paths(cfg, engine, tokenizer)
+    check_paths(cfg, engine, tokenizer, reward_given=reward is not None)
     cfg = resolve_defaults(cfg, need_policy=engine is None)
     records = load_prompt_records(cfg.prompts)
     if tokenizer is None:

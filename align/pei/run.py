@@ -32,11 +32,18 @@ from typing import ClassVar, Literal
 from accelerate import PartialState
 
 from align.core.checkpoints import latest_checkpoint
-from align.core.config import build, check_ranges, config_to_yaml, load_config
+from align.core.config import (
+    ConfigError,
+    build,
+    check_ranges,
+    config_to_yaml,
+    load_config,
+    missing_inputs_error,
+)
 from align.core.config import help_field as _help
 from align.core.data import load_records, messages_of, write_jsonl
 from align.core.io import METRICS_FILE, atomic_write_json, atomic_write_text, replace_directory
-from align.core.models import check_model_dir
+from align.core.models import check_model_dir, load_options
 from align.core.outputs import check_output_dir
 from align.filter.run import FilterConfig, run_filter
 from align.pei.controller import ARROWS, ControllerConfig, Decision, RoundMeasurements, decide
@@ -45,14 +52,8 @@ from align.tiny.build import build_tiny_world
 from eval.generation import generate_answers
 from eval.gsb import summarize
 from eval.llm_judge import LLMJudge, LLMJudgeConfig
-from rm.spec import RewardSpec, as_specs, tiny_reward
+from rm.spec import REWARDS_EXPECTED, RewardSpec, as_specs, tiny_reward
 from rollouts.base import SamplingParams
-
-
-def tiny_ppo() -> PPOConfig:
-    """The shipped tiny-world PPO config (``align/configs/ppo_tiny.yaml``), PEI's default."""
-    return load_config(PPOConfig, "tiny")
-
 
 #: Old spellings of PEIConfig fields, still read (with a warning, once each).
 OLD_SPELLINGS = {"ppo_config": "ppo.config"}
@@ -65,14 +66,17 @@ class PEIConfig:
     """Every knob of ``align pei``; controller numbers default to METHODS §4."""
 
     config_name: ClassVar[str] = "pei"  # --config tiny → align/configs/pei_tiny.yaml
+    #: The shipped config a command line with no model path and no --config starts from.
+    config_tiny_base: ClassVar[str] = "tiny"
     config_renames: ClassVar[dict[str, str]] = OLD_SPELLINGS
 
     rounds: int = _help("Improvement rounds after PPO pre-training (round 0).", 2, ge=0)
     ppo: PPOConfig = _help(
-        "The PPO config of every round. A mapping given here starts from the shipped tiny-world "
-        "PPO config unless it names its own base file (ppo.config: PATH or a shipped name).",
-        factory=tiny_ppo,
-        base="tiny",
+        "The PPO config of every round; a mapping given here may name its base file "
+        "(ppo.config: PATH, or tiny for the shipped tiny-world one, as pei_tiny.yaml does). With "
+        "no model path (ppo.policy, ppo.critic, ppo.reference, reward_model) the tiny world "
+        "fills in its inputs; once one is given, every input is required.",
+        factory=PPOConfig,
     )
     pretrain_steps: int | None = _help(
         "PPO steps of round 0; none = the PPO config's.", None, ge=1
@@ -86,21 +90,23 @@ class PEIConfig:
     )
     reward_model: str | None = _help(
         "A reward-model directory used as PPO's reward and critic initialisation (and measured "
-        "for RM alignment); 'tiny' trains a UFRM on the tiny world's preferences into "
-        "<output_dir>/rm once; none = the PPO config's rewards.",
+        "for RM alignment); 'tiny' (tiny world only) trains a UFRM on the tiny world's "
+        "preferences into <output_dir>/rm once; none = the PPO config's rewards.",
         None,
     )
     judge: list[RewardSpec] = _help(
-        "Reward sources the GSB judge scores both answers with (entries as ppo.rewards); the "
-        "tiny world's rule by default.",
-        factory=tiny_reward,
+        "Reward sources the GSB judge scores both answers with (entries as ppo.rewards); "
+        "required with a model path unless llm_judge is given; empty in the tiny world = its "
+        "rule.",
+        factory=list,
     )
     judge_margin: float = _help("Score differences within this margin are 'same'.", 0.05, ge=0)
     llm_judge: LLMJudgeConfig | None = _help(
         "Judge with a chat model instead of the rewards; none = the reward judge.", None
     )
     rm_pairs: str | None = _help(
-        "Labelled preference pairs with categories for RM alignment; none = the tiny world's.",
+        "Labelled preference pairs with categories for RM alignment; required with a model "
+        "path; none in the tiny world = its held-out pairs.",
         None,
     )
     refilter: FilterConfig | None = _help(
@@ -114,7 +120,9 @@ class PEIConfig:
         "Sub-domains re-filtered (the financial ones); the others keep every prompt; none = all.",
         None,
     )
-    eval_prompts: str | None = _help("Held-out prompts; none = the PPO config's.", None)
+    eval_prompts: str | None = _help(
+        "Held-out prompts; none = the PPO config's (ppo.eval_prompts).", None
+    )
     eval_max_prompts: int = _help("Held-out prompts evaluated per round (first N).", 300, ge=1)
     eval_batch_size: int = _help("Prompts per generation call in evaluation.", 64, ge=1)
     controller: ControllerConfig = _help(
@@ -135,7 +143,15 @@ class PEIConfig:
         if isinstance(self.refilter, Mapping):
             self.refilter = build(FilterConfig, self.refilter, "refilter")
         self.judge = as_specs(self.judge, "judge")
+        if not self.judge and self.llm_judge is None and self.uses_tiny_world():
+            self.judge = tiny_reward()  # empty = not given; a run with a model path requires it
         self._check_refilter()
+
+    def uses_tiny_world(self) -> bool:
+        """No model path given (ppo.policy, ppo.critic, ppo.reference, a reward_model
+        directory): the tiny world fills in the inputs left empty. Once one is given, every
+        input is the user's to give (no toy fallback)."""
+        return self.ppo.uses_tiny_world() and self.reward_model in (None, "tiny")
 
     def _check_refilter(self) -> None:
         if self.refilter is None:
@@ -249,6 +265,59 @@ def _check_refilter_categories(cfg: PEIConfig, prompts: list[dict], path: Path) 
         )
 
 
+def check_inputs(cfg: PEIConfig, base: PPOConfig) -> None:
+    """With a model path given (``base``: the rounds' PPO config with ``eval_prompts`` and a
+    reward-model directory applied), nothing comes from the tiny world: every PPO input,
+    ``rm_pairs`` and a judge are required, and ``reward_model: tiny`` is refused. One line."""
+    # lazy: align.ppo.run loads transformers' model classes, kept off 'align pei --help'
+    from align.ppo.run import missing_inputs
+
+    if cfg.uses_tiny_world():
+        return
+    given = next(
+        ((f"ppo.{n}", getattr(cfg.ppo, n)) for n in ("policy", "critic", "reference")
+         if getattr(cfg.ppo, n) is not None),
+        ("reward_model", cfg.reward_model),
+    )  # fmt: skip
+    if cfg.reward_model == "tiny":
+        raise ConfigError(
+            f"reward_model: 'tiny' trains the tiny world's reward model, but a model path is "
+            f"given ({given[0]}: {given[1]}); give a reward-model directory, or leave it out to "
+            "use ppo.rewards and ppo.critic",
+            "reward_model",
+        )
+    names = {"eval_prompts": "eval_prompts"}  # PEI's own field sets the PPO config's
+    missing = [(names.get(n, f"ppo.{n}"), what) for n, what in missing_inputs(base)]
+    if cfg.rm_pairs is None:
+        missing.append(("rm_pairs", "labelled preference pairs {prompt | messages, chosen, "
+                        "rejected, category} (RM alignment per sub-domain)"))  # fmt: skip
+    if not cfg.judge and cfg.llm_judge is None:
+        missing.append(("judge", f"{REWARDS_EXPECTED}, or llm_judge"))
+    if missing:
+        raise missing_inputs_error(given, missing)
+
+
+def _use_reward_model(base: PPOConfig, rm: str) -> None:
+    """``rm`` as the rounds' reward (stored z-scores when ``align rm train`` wrote them) and
+    critic initialisation (unless a critic is given)."""
+    normalize = Path(rm, "score_stats.json").is_file()  # written by align rm train
+    base.rewards = [RewardSpec(type="model", path=rm, normalize=normalize, name="rm")]
+    base.critic = base.critic or rm
+
+
+def _with_paths(base: PPOConfig, paths: dict) -> PPOConfig:
+    """``base`` naming every resolved model and data path (the tiny world's included), so each
+    round's PPO config is complete."""
+    critic = None if base.critic_from_policy else base.critic or str(paths["critic"])
+    return dataclasses.replace(
+        base,
+        policy=str(paths["policy"]),
+        critic=critic,
+        prompts=str(paths["prompts"]),
+        eval_prompts=str(paths["eval_prompts"]),
+    )
+
+
 def prepare(cfg: PEIConfig, progress: Callable[[str], None]) -> Setup:
     # lazy: align.ppo.run loads transformers' model classes, kept off 'align pei --help'
     from align.ppo.run import _resolve_paths, load_prompts
@@ -263,6 +332,9 @@ def prepare(cfg: PEIConfig, progress: Callable[[str], None]) -> Setup:
     _check_paths(cfg, base)
     if cfg.eval_prompts:
         base.eval_prompts = cfg.eval_prompts
+    if cfg.reward_model and cfg.reward_model != "tiny":
+        _use_reward_model(base, cfg.reward_model)
+    check_inputs(cfg, base)
     paths = _resolve_paths(base)
     # the data before anything is written or trained: a bad file fails the run at once
     prompts = load_prompts(paths["prompts"], "prompts")
@@ -273,12 +345,9 @@ def prepare(cfg: PEIConfig, progress: Callable[[str], None]) -> Setup:
     pairs = load_records(_pairs_path(cfg), "prefs").to_list()
     if _is_main_process():
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
-    if cfg.reward_model:
-        rm = _tiny_reward_model(out, cfg.seed, progress) if cfg.reward_model == "tiny" else None
-        rm = str(rm or cfg.reward_model)
-        normalize = Path(rm, "score_stats.json").is_file()  # written by align rm train
-        base.rewards = [RewardSpec(type="model", path=rm, normalize=normalize, name="rm")]
-        base.critic = base.critic or rm
+    if cfg.reward_model == "tiny":
+        _use_reward_model(base, str(_tiny_reward_model(out, cfg.seed, progress)))
+    base = _with_paths(base, paths)
     initial = _initial(base, prompts)
     return Setup(cfg, base, out, paths["policy"], eval_rows, pairs, initial, prompts)
 
@@ -535,7 +604,11 @@ def _answers(model_dir: Path, setup: Setup) -> list[str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+    options = load_options(setup.base.dtype, setup.base.attn_implementation)  # as PPO loads
+    # the main process alone evaluates: a plain load (never a partitioned one, which every
+    # process would have to join)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, **options)
+    model.eval()
     sampling = SamplingParams(max_new_tokens=setup.base.max_new_tokens, temperature=0.0)
     return generate_answers(
         model,

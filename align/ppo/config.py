@@ -42,13 +42,21 @@ class PPOConfig:
     the XuanYuan reports state; the others are our defaults."""
 
     config_name: ClassVar[str] = "ppo"  # --config tiny → align/configs/ppo_tiny.yaml
+    #: The shipped config a command line with no model path and no --config starts from.
+    config_tiny_base: ClassVar[str] = "tiny"
     config_renames: ClassVar[dict[str, str]] = OLD_SPELLINGS
 
     # models and data
-    policy: str | None = _help("SFT policy directory; none = the tiny world's policy.", None)
+    policy: str | None = _help(
+        "SFT policy directory. None (and no critic or reference either) = the tiny world, which "
+        "then fills in every input left empty; once a model path is given, critic (or "
+        "critic_from_policy), rewards, prompts and eval_prompts are required.",
+        None,
+    )
     critic: str | None = _help(
-        "Critic initialisation (a sequence-classification model directory); none = the reward "
-        "model of the tiny world [S: critic from the trained RM].",
+        "Critic initialisation (a sequence-classification model directory) [S: critic from the "
+        "trained RM]; required with a policy unless critic_from_policy; none in the tiny world = "
+        "its reward model.",
         None,
     )
     critic_from_policy: bool = _help("Initialise the critic from the policy's body instead.", False)
@@ -61,11 +69,20 @@ class PPOConfig:
         "Reward sources, weighted and summed (entries: see rewards[] below): a YAML list or "
         "mapping, or one source written short: a reward model directory, an http(s) URL, "
         "'module:function', 'file.py:function', tiny, mcq, rule:NAME or a YAML file of entries; "
-        "repeat --rewards to sum several.",
-        factory=tiny_reward,
+        "repeat --rewards to sum several. Required with a policy; empty in the tiny world = its "
+        "rule (align.tiny.reward:tiny_world_reward).",
+        factory=list,
     )
-    prompts: str | None = _help("Prompt records (JSONL/Parquet/CSV/dir); none = tiny world.", None)
-    eval_prompts: str | None = _help("Held-out prompt records; none = tiny world's.", None)
+    prompts: str | None = _help(
+        "Prompt records (JSONL/Parquet/CSV/dir); required with a policy; none in the tiny world = "
+        "its RL prompts.",
+        None,
+    )
+    eval_prompts: str | None = _help(
+        "Held-out prompt records; required with a policy; none in the tiny world = its held-out "
+        "prompts.",
+        None,
+    )
     chat_format: str = _help("Chat format of the policy (xuanyuan, xuanyuan-6b, ziya2, hf).", "hf")
     category_weights: dict[str, float] | None = _help(
         "Share of prompts per category (normalised); none = equal.", None
@@ -101,12 +118,16 @@ class PPOConfig:
     )
     offload_frozen_models: bool = _help(
         "Keep the reference and reward models on the CPU except while they score (frees GPU "
-        "memory for training and generation; no effect on a CPU run).",
+        "memory for training and generation; no effect on a CPU run). Under ZeRO-3 the "
+        "reference is DeepSpeed's: its partitions stay in CPU memory (offload_param) and each "
+        "layer's are fetched while it runs.",
         False,
     )
     max_tokens_per_micro_batch: int | None = _help(
-        "Form micro-batches by token budget (prompt + completion tokens, padded) instead of "
-        "micro_batch_size samples; the update is the same, only the split differs.",
+        "Form micro-batches by token budget instead of micro_batch_size samples: rows sorted "
+        "by length, longest first, packed while rows × (longest prompt + longest completion) "
+        "stays within it; at least max_prompt_length + max_new_tokens. The update is the same, "
+        "only the split differs.",
         None,
         ge=1,
     )
@@ -117,8 +138,19 @@ class PPOConfig:
     )
     rollout_batch_size: int = _help("Prompts per PPO step.", 32, ge=1)
     samples_per_prompt: int = _help("Completions per prompt.", 1, ge=1)
-    max_prompt_length: int = _help("Longer prompts are left-truncated (and counted).", 128, ge=1)
-    max_new_tokens: int = _help("Completion length limit.", 48, ge=1)
+    max_prompt_length: int = _help(
+        "Longer prompts are left-truncated (and counted). 1024 as OpenRLHF's default: room for a "
+        "multi-turn financial question; the tiny config sets 128.",
+        1024,
+        ge=1,
+    )
+    max_new_tokens: int = _help(
+        "Completion length limit. 1024 as OpenRLHF's default: a 7B model's full answer (a "
+        "calculation with its working, a compliance reply) is rarely longer; the tiny config "
+        "sets 48.",
+        1024,
+        ge=1,
+    )
     temperature: float = _help("Sampling temperature [S: 0.7, XuanYuan-13B].", 0.7, gt=0)
     top_p: float = _help("Nucleus sampling [S: 0.9, XuanYuan-13B].", 0.9, gt=0, le=1)
     top_k: int = _help("Top-k sampling (0 = off; 1 makes sampling deterministic).", 0, ge=0)
@@ -203,11 +235,22 @@ class PPOConfig:
             )
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"kl_estimator: expected k1, k2 or k3, got {self.kl_estimator!r}")
-        if not self.rewards:
-            raise ValueError("rewards: expected at least one reward function")
+        longest = self.max_prompt_length + self.max_new_tokens  # one sample, never split
+        if (self.max_tokens_per_micro_batch or longest) < longest:
+            raise ValueError(
+                f"max_tokens_per_micro_batch: expected at least max_prompt_length + "
+                f"max_new_tokens = {longest}, got {self.max_tokens_per_micro_batch}"
+            )
         self.rewards = as_specs(self.rewards)  # entries given in code as mappings
+        if not self.rewards and self.uses_tiny_world():
+            self.rewards = tiny_reward()  # empty = not given; a run with a policy requires them
         if isinstance(self.rollout, Mapping):  # given in code as a mapping
             self.rollout = build(RolloutConfig, self.rollout, "rollout")
+
+    def uses_tiny_world(self) -> bool:
+        """No model path given (policy, critic, reference): the tiny world fills in the inputs
+        left empty. Once one is given, every input is the user's to give (no toy fallback)."""
+        return self.policy is None and self.critic is None and self.reference is None
 
     @classmethod
     def from_sources(cls, config: str | Path | None = None, overrides: list[str] = ()) -> PPOConfig:

@@ -1,11 +1,11 @@
 """Build everything a PPO run needs from a :class:`PPOConfig` and run it.
 
-With no model or data paths the tiny world is used (built on first use).
+With no model path given (policy, critic, reference) the tiny world (built on first use) fills in
+every input the config leaves empty; once one is given, every input is required.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,66 +14,154 @@ import torch
 from accelerate.utils import broadcast_object_list
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from align.core import distributed, sharded_loading
 from align.core.checkpoints import checkpoint_to_resume
+from align.core.config import missing_inputs_error
 from align.core.data import load_records
-from align.core.models import check_model_dir, load_pretrained
+from align.core.models import check_model_dir, load_options, load_pretrained
 from align.core.outputs import check_output_dir
 from align.ppo.config import PPOConfig
-from align.ppo.trainer import PPOTrainer, make_accelerator
-from align.tiny.build import build_tiny_world, make_reward_backbone
-from rm.functions import check_reward_columns, rewards_from_config
+from align.ppo.trainer import PPOTrainer, make_accelerator, zero3_frozen_offload
+from align.tiny.build import build_tiny_world
+from rm.functions import LocalRewardModel, WeightedReward, check_reward_columns, rewards_from_config
+from rm.spec import REWARDS_EXPECTED
 from rollouts.base import RolloutEngine
 from rollouts.factory import engine_options as options_of
 from rollouts.factory import make_engine
 
+#: What each input of a run is, named in the error when a run with a model path lacks it.
+EXPECTED_INPUTS = {
+    "policy": "the SFT policy directory (HF format, safetensors)",
+    "critic": "a sequence-classification model directory (the trained reward model [S]), or "
+    "critic_from_policy: true",
+    "rewards": REWARDS_EXPECTED,
+    "prompts": "prompt records {prompt | messages, category} (JSONL/Parquet/CSV/dir)",
+    "eval_prompts": "held-out prompt records {prompt | messages, category}",
+}
+
+
+def missing_inputs(cfg: PPOConfig) -> list[tuple[str, str]]:
+    """``(field, what it expects)`` of every input left empty by a config that names a model
+    path (none when it names none: the tiny world fills in)."""
+    if cfg.uses_tiny_world():
+        return []
+    empty = {
+        "policy": cfg.policy is None,
+        "critic": cfg.critic is None and not cfg.critic_from_policy,
+        "rewards": not cfg.rewards,
+        "prompts": cfg.prompts is None,
+        "eval_prompts": cfg.eval_prompts is None,
+    }
+    return [(name, EXPECTED_INPUTS[name]) for name, is_empty in empty.items() if is_empty]
+
+
+def check_inputs(cfg: PPOConfig, prefix: str = "") -> None:
+    """One line naming the first input a config with a model path leaves empty (``prefix``:
+    where the PPO config sits, e.g. ``ppo.`` in PEI's)."""
+    missing = missing_inputs(cfg)
+    if missing:
+        given = next(n for n in ("policy", "critic", "reference") if getattr(cfg, n) is not None)
+        raise missing_inputs_error(
+            (prefix + given, getattr(cfg, given)), [(prefix + n, e) for n, e in missing]
+        )
+
 
 def _resolve_paths(cfg: PPOConfig) -> dict[str, Path | None]:
-    """Model and data paths, the tiny world filling in whatever the config leaves empty."""
-    needs_tiny = None in (cfg.policy, cfg.prompts, cfg.eval_prompts) or (
-        cfg.critic is None and not cfg.critic_from_policy
-    )
-    world = None
-    if needs_tiny:
-        world, _ = build_tiny_world()
+    """Model and data paths. With no model path given, the tiny world fills in every one the
+    config leaves empty; once one is given, each is required (:func:`check_inputs`)."""
+    if not cfg.uses_tiny_world():
+        check_inputs(cfg)
+        return {
+            "policy": Path(cfg.policy),
+            "critic": None if cfg.critic_from_policy else Path(cfg.critic),
+            "reference": Path(cfg.reference) if cfg.reference else None,
+            "prompts": Path(cfg.prompts),
+            "eval_prompts": Path(cfg.eval_prompts),
+        }
+    world, _ = build_tiny_world()
     return {
-        "policy": Path(cfg.policy) if cfg.policy else world.policy,
-        "critic": None
-        if cfg.critic_from_policy
-        else Path(cfg.critic)
-        if cfg.critic
-        else world.reward,
-        "reference": Path(cfg.reference) if cfg.reference else None,
+        "policy": world.policy,
+        "critic": None if cfg.critic_from_policy else world.reward,
+        "reference": None,
         "prompts": Path(cfg.prompts) if cfg.prompts else world.data("prompts"),
         "eval_prompts": Path(cfg.eval_prompts) if cfg.eval_prompts else world.data("eval_prompts"),
     }
 
 
-def load_models(paths: dict, seed: int):
-    """``(actor, reference, critic, tokenizer)``; safetensors only, no remote code. Every
-    directory is checked before the first one loads (one line naming the field if one is bad)."""
+def load_models(paths: dict, cfg: PPOConfig):
+    """``(actor, reference, critic, tokenizer)``; safetensors only, no remote code, each in
+    ``cfg.dtype`` with ``cfg.attn_implementation``. Every directory is checked before the first
+    one loads (one line naming the field if one is bad). Under DeepSpeed ZeRO-3 (the run's
+    accelerator exists first) every model loads partitioned: no process holds a whole one.
+
+    The reference is the ``reference`` directory, else the policy directory loaded a second
+    time; with LoRA and no ``reference`` it is None (the actor with its adapters disabled), and
+    no copy of the base model is made. The critic is the ``critic`` directory, else (with
+    ``critic_from_policy``) the policy directory loaded as a one-label sequence classifier: the
+    policy's body, whatever its architecture, and a fresh head seeded by ``cfg.seed``."""
     for name in ("policy", "critic", "reference"):
         if paths.get(name) is not None:
             check_model_dir(paths[name], name)
     tokenizer = AutoTokenizer.from_pretrained(paths["policy"])
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    actor = load_pretrained(AutoModelForCausalLM, paths["policy"], "policy")
-    reference = (
-        load_pretrained(AutoModelForCausalLM, paths["reference"], "reference")
-        if paths.get("reference")
-        else copy.deepcopy(actor)
-    )
+    options = load_options(cfg.dtype, cfg.attn_implementation)
+    actor = load_pretrained(AutoModelForCausalLM, paths["policy"], "policy", **options)
+    return actor, load_reference(paths, cfg, options), load_critic(paths, cfg, options), tokenizer
+
+
+def load_reference(paths: dict, cfg: PPOConfig, options: dict) -> torch.nn.Module | None:
+    """The frozen reference (see :func:`load_models`); None under LoRA without ``reference``."""
+    if paths.get("reference") is not None:
+        return load_pretrained(AutoModelForCausalLM, paths["reference"], "reference", **options)
+    if cfg.lora_r:
+        return None  # the actor with its adapters disabled
+    return load_pretrained(AutoModelForCausalLM, paths["policy"], "policy", **options)
+
+
+def load_critic(paths: dict, cfg: PPOConfig, options: dict) -> torch.nn.Module:
+    """The critic (see :func:`load_models`). From the policy, transformers builds the model's
+    own sequence-classification class and loads the body into it, so no attribute name of any
+    architecture is assumed; only the head is new."""
     if paths["critic"] is not None:
-        critic = load_pretrained(
-            AutoModelForSequenceClassification, paths["critic"], "critic", num_labels=1
+        return load_pretrained(
+            AutoModelForSequenceClassification, paths["critic"], "critic", num_labels=1, **options
         )
-    else:
-        critic = make_reward_backbone(actor, seed)
-    return actor, reference, critic, tokenizer
+    with torch.random.fork_rng(devices=[]):  # the head's seed, the run's stream untouched
+        torch.manual_seed(cfg.seed + 1)
+        return load_pretrained(
+            AutoModelForSequenceClassification, paths["policy"], "policy", num_labels=1, **options
+        )
+
+
+def prepare_reward_models(
+    rewards: list[WeightedReward], accelerator, micro_batch_size: int, offload: bool = False
+):
+    """Under ZeRO-3 a ``type: model`` reward model loads partitioned and runs inside a frozen
+    DeepSpeed engine (TRL's ``prepare_deepspeed``), like the reference; otherwise nothing.
+    ``offload`` (``offload_frozen_models``): its partitions stay in CPU memory
+    (:func:`~align.ppo.trainer.zero3_frozen_offload`).
+    DeepSpeed wants batch sizes in its config before any engine is built (``micro_batch_size``
+    here; ``prepare()`` fills in the training engine's later)."""
+    if accelerator.distributed_type != "DEEPSPEED" or not sharded_loading.zero3_enabled():
+        return
+    from trl.models import prepare_deepspeed  # lazy: trl loads peft; DeepSpeed only
+
+    with (
+        distributed.batch_sizes_for_frozen_engines(accelerator, micro_batch_size),
+        zero3_frozen_offload(accelerator, offload),
+    ):
+        for reward in rewards:
+            if isinstance(reward.fn, LocalRewardModel):
+                reward.fn.model = prepare_deepspeed(reward.fn.model, accelerator)
 
 
 def add_lora(actor, critic, cfg: PPOConfig):
-    """LoRA adapters on actor and critic (the critic's scalar head stays fully trainable)."""
+    """LoRA adapters on actor and critic (the critic's scalar head stays fully trainable).
+
+    Under ZeRO-3 the adapters keep the partitioned weights' dtype (PEFT would upcast them to
+    float32 next to bf16 weights, and DeepSpeed's ZeRO-3 optimizer needs one dtype), as TRL
+    does."""
     from peft import LoraConfig, get_peft_model  # lazy: peft only for LoRA runs
 
     def lora(task_type: str) -> LoraConfig:
@@ -85,7 +173,11 @@ def add_lora(actor, critic, cfg: PPOConfig):
             task_type=task_type,
         )
 
-    return get_peft_model(actor, lora("CAUSAL_LM")), get_peft_model(critic, lora("SEQ_CLS"))
+    keep_dtype = {"autocast_adapter_dtype": False} if sharded_loading.zero3_enabled() else {}
+    return (
+        get_peft_model(actor, lora("CAUSAL_LM"), **keep_dtype),
+        get_peft_model(critic, lora("SEQ_CLS"), **keep_dtype),
+    )
 
 
 def engine_options(cfg: PPOConfig) -> dict:
@@ -94,7 +186,9 @@ def engine_options(cfg: PPOConfig) -> dict:
     return options_of(cfg.rollout, cfg.seed)
 
 
-def build_engine(cfg: PPOConfig, actor: torch.nn.Module, tokenizer, policy_path: Path):
+def build_engine(
+    cfg: PPOConfig, actor: torch.nn.Module, tokenizer, policy_path: Path, accelerator=None
+):
     """``hf`` generates with the live actor; vLLM engines load the policy directory (the actor's
     starting weights) and follow the actor through weight sync. ``rollout.vllm.dtype: auto``
     means the actor's dtype: vLLM's own "auto" may pick bfloat16 for a float32 checkpoint, and the
@@ -102,7 +196,8 @@ def build_engine(cfg: PPOConfig, actor: torch.nn.Module, tokenizer, policy_path:
 
     With several training processes, ``vllm`` runs one engine in each process and
     ``vllm-server`` sends every process's prompts to one server (one that is running, or one the
-    main process starts)."""
+    main process starts). ``accelerator``: the run's (made here when several processes need
+    one and none is given)."""
     engine = cfg.rollout.engine
     if engine == "hf":
         return make_engine("hf", actor, tokenizer, **engine_options(cfg))
@@ -112,7 +207,7 @@ def build_engine(cfg: PPOConfig, actor: torch.nn.Module, tokenizer, policy_path:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # the trainer's process group first: vLLM's external launcher joins it, and a server's
         # URL travels over it
-        accelerator = make_accelerator(cfg)
+        accelerator = accelerator or make_accelerator(cfg)
         if engine == "vllm-server" and not options.get("url"):
             return _server_for_every_process(accelerator, cfg, tokenizer, policy_path, options)
     return make_engine(engine, policy_path, tokenizer, **options)
@@ -139,8 +234,10 @@ def _server_for_every_process(
 
 def check_paths(cfg: PPOConfig) -> None:
     """What can be checked before anything is built or loaded: ``output_dir`` takes writes, and
-    every model directory the config names holds a config and safetensors weights. Each
-    failure is one line naming the field and the path."""
+    every model directory the config names holds a config and safetensors weights, and a
+    config with a model path leaves no input empty (:func:`check_inputs`). Each failure is one
+    line naming the field (and the path)."""
+    check_inputs(cfg)
     check_output_dir(cfg.output_dir, "output_dir")
     for name in ("policy", "critic", "reference"):
         if getattr(cfg, name) and not (name == "critic" and cfg.critic_from_policy):
@@ -164,16 +261,18 @@ def build_trainer(cfg: PPOConfig, engine: RolloutEngine | None = None) -> PPOTra
     paths = _resolve_paths(cfg)
     prompts = load_prompts(paths["prompts"], "prompts")
     eval_prompts = load_prompts(paths["eval_prompts"], "eval_prompts")
-    rewards = rewards_from_config(cfg.rewards)
-    # before any model loads or anything is sampled
+    # before any model loads: under DeepSpeed ZeRO-3 every model then loads partitioned
+    accelerator = make_accelerator(cfg)
+    options = load_options(cfg.dtype, cfg.attn_implementation)
+    rewards = rewards_from_config(cfg.rewards, model_options=options)
+    # before the policy loads or anything is sampled
     for field, rows in (("prompts", prompts), ("eval_prompts", eval_prompts)):
         check_reward_columns(rewards, rows, f"{field} {paths[field]}")
-    actor, reference, critic, tokenizer = load_models(paths, cfg.seed)
+    prepare_reward_models(rewards, accelerator, cfg.micro_batch_size, cfg.offload_frozen_models)
+    actor, reference, critic, tokenizer = load_models(paths, cfg)
     if cfg.lora_r:
         actor, critic = add_lora(actor, critic, cfg)
-        if not cfg.reference:  # the actor with its adapters disabled
-            reference = None
-    engine = engine or build_engine(cfg, actor, tokenizer, paths["policy"])
+    engine = engine or build_engine(cfg, actor, tokenizer, paths["policy"], accelerator)
     trainer = PPOTrainer(
         cfg,
         actor,
@@ -184,6 +283,7 @@ def build_trainer(cfg: PPOConfig, engine: RolloutEngine | None = None) -> PPOTra
         prompts,
         engine,
         eval_prompts,
+        accelerator=accelerator,
     )
     if resume is not None:
         trainer.load_checkpoint(resume)

@@ -10,6 +10,12 @@ One PPO step:
    learning rates as two parameter groups), each over micro-batches with the loss normalised by
    the minibatch's token count.
 
+Memory knobs: ``gradient_checkpointing`` (actor and critic, non-reentrant), micro-batches of
+``micro_batch_size`` rows or by ``max_tokens_per_micro_batch`` (each trimmed of the columns that
+are padding in all its rows), ``offload_frozen_models`` (reference and reward models on the CPU
+except while they score). Logprobs, values, advantages, KL and losses are float32 whatever the
+models' dtype.
+
 The math lives in :mod:`align.core.core_algos`; this module orchestrates.
 """
 
@@ -17,8 +23,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -27,15 +33,17 @@ from accelerate.utils import gather_object
 
 from align.core import core_algos as ca
 from align.core import distributed
-from align.core.chat_formats import get_chat_format
+from align.core.chat_formats import get_chat_format, save_tokenizer
 from align.core.checkpoints import atomic_checkpoint, load_data_only, restore_accelerate_state
 from align.core.data import messages_of
 from align.core.io import METRICS_FILE, MetricsFile, open_metrics
 from align.core.mixture import MixtureSampler
+from align.core.tensors import pack_by_token_budget, split_to_count
 from align.ppo.config import PPOConfig
-from rm.functions import WeightedReward, reward_inputs, score_rewards
+from rm.functions import LocalRewardModel, WeightedReward, reward_inputs, score_rewards
 from rm.model import token_scores
 from rollouts.base import RolloutBatch, RolloutEngine, SamplingParams, left_pad, right_pad
+from rollouts.weight_sync import join_gathers
 
 
 @dataclass
@@ -70,11 +78,42 @@ class Experience:
             }
         )
 
+    def lengths(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prompt, completion)`` attended tokens of each row, ``[N]`` each (a dropped
+        sample's completion still counts: it goes through the models)."""
+        prompt_width = self.input_ids.shape[1] - self.mask.shape[1]
+        attention = self.attention_mask.bool()
+        return attention[:, :prompt_width].sum(1), attention[:, prompt_width:].sum(1)
+
+    def trimmed(self) -> Experience:
+        """The same rows without the columns that are padding in every row: the prompt's left
+        padding and the completion's right padding (at least one completion column stays).
+        Positions are kept, and padded keys get no attention weight, so every logprob, value
+        and loss is unchanged; only the padded work goes."""
+        width = self.mask.shape[1]
+        prompt_width = self.input_ids.shape[1] - width
+        prompt_len, completion_len = (int(x.max()) for x in self.lengths())
+        keep = min(max(completion_len, 1), width)
+        columns = slice(prompt_width - prompt_len, prompt_width + keep)
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SEQUENCE_FIELDS:
+                value = value[:, columns]
+            elif value is not None and value.dim() == 2:  # [N, T] over completion tokens
+                value = value[:, :keep]
+            out[f.name] = value
+        return Experience(**out)
+
+
+#: Experience fields over prompt + completion columns (the others are over completion tokens).
+SEQUENCE_FIELDS = ("input_ids", "attention_mask", "position_ids")
+
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameters."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    """``(trainable, total)`` parameters (a ZeRO-3 partitioned one counts whole: ``ds_numel``)."""
+    sizes = [(p.requires_grad, getattr(p, "ds_numel", p.numel())) for p in model.parameters()]
+    return sum(n for trainable, n in sizes if trainable), sum(n for _, n in sizes)
 
 
 def build_sequences(
@@ -105,6 +144,7 @@ def completion_logprobs(
         attention_mask=exp.attention_mask,
         position_ids=exp.position_ids,
         logits_to_keep=width + 1,
+        use_cache=False,  # a teacher-forced pass: no KV cache to keep
     ).logits[:, :-1]
     logprobs = ca.logprobs_from_logits(logits, exp.completion_ids, temperature)
     # entropy is only reported: no autograd graph over [N, T, V]
@@ -119,6 +159,25 @@ def completion_values(critic: torch.nn.Module, exp: Experience) -> torch.Tensor:
     return values[:, -width - 1 : -1]
 
 
+#: torch.utils.checkpoint's non-reentrant variant: works with frozen inputs (LoRA), DDP and
+#: DeepSpeed, and recomputes one layer at a time.
+NON_REENTRANT = {"use_reentrant": False}
+
+
+@contextmanager
+def without_checkpointing(model: torch.nn.Module):
+    """``model`` with gradient checkpointing off inside the block (``generate`` needs its KV
+    cache, which checkpointing in training mode turns off)."""
+    enabled = bool(getattr(model, "is_gradient_checkpointing", False))
+    if enabled:
+        model.gradient_checkpointing_disable()
+    try:
+        yield model
+    finally:
+        if enabled:
+            model.gradient_checkpointing_enable()
+
+
 class ActorCritic(torch.nn.Module):
     """Actor and critic as one module, so one ``accelerator.prepare`` (DDP or one DeepSpeed
     engine) covers both and one forward computes logprobs, entropy and values together."""
@@ -126,14 +185,23 @@ class ActorCritic(torch.nn.Module):
     def __init__(self, actor: torch.nn.Module, critic: torch.nn.Module) -> None:
         super().__init__()
         self.actor, self.critic = actor, critic
+        self.checkpointing_kwargs: dict = dict(NON_REENTRANT)
 
     @property
     def is_gradient_checkpointing(self) -> bool:  # read by TRL's unwrap_model_for_generation
         return bool(getattr(self.actor, "is_gradient_checkpointing", False))
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None):
+        """Checkpointing in actor and critic, non-reentrant unless told otherwise. TRL's
+        ``unwrap_model_for_generation`` disables it for generation and enables it again without
+        kwargs: the kwargs given first are kept. Non-reentrant checkpointing needs no input
+        gradients, so frozen embeddings under LoRA still pass gradients to the adapters."""
+        if gradient_checkpointing_kwargs is not None:
+            self.checkpointing_kwargs = dict(gradient_checkpointing_kwargs)
         for model in (self.actor, self.critic):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=dict(self.checkpointing_kwargs)
+            )
 
     def gradient_checkpointing_disable(self) -> None:
         for model in (self.actor, self.critic):
@@ -143,6 +211,70 @@ class ActorCritic(torch.nn.Module):
         """``(logprobs [N, T], entropy [N, T] | None, values [N, T])``."""
         logprobs, entropy = completion_logprobs(self.actor, exp, temperature, with_entropy)
         return logprobs, entropy, completion_values(self.critic, exp)
+
+
+def frozen_reward_models(rewards: Sequence[WeightedReward]) -> list[torch.nn.Module]:
+    """The torch models behind ``type: model`` rewards (:class:`rm.functions.LocalRewardModel`)."""
+    return [r.fn.model for r in rewards if isinstance(r.fn, LocalRewardModel)]
+
+
+def movable(module: torch.nn.Module) -> torch.nn.Module | None:
+    """What moves when a frozen model changes device: the module itself; the module inside a
+    DeepSpeed engine of ZeRO stage 0–2 (TRL's ``prepare_deepspeed`` builds the reference at
+    stage 0 then); nothing for a ZeRO-3 engine, whose partitions DeepSpeed places itself."""
+    stage = getattr(module, "zero_optimization_stage", None)  # only DeepSpeed engines have it
+    if stage is None:
+        return module
+    return None if stage() == 3 else module.module
+
+
+def place(modules: Sequence[torch.nn.Module], device: torch.device | str) -> None:
+    """Move every :func:`movable` part of ``modules`` to ``device``."""
+    for module in modules:
+        part = movable(module)
+        if part is not None:
+            part.to(device)
+
+
+@contextmanager
+def zero3_frozen_offload(accelerator, enabled: bool) -> Iterator[None]:
+    """With ``enabled`` (``offload_frozen_models``) under DeepSpeed ZeRO-3, the frozen engines
+    built inside (TRL's ``prepare_deepspeed``: reference, reward models) keep their parameter
+    partitions in CPU memory and fetch a layer's only while it runs (DeepSpeed's
+    ``offload_param``); the config is as it was afterwards, so the training engine keeps its
+    own. No-op otherwise (stage 0–2 frozen engines are whole copies: :func:`placed_on` moves
+    them)."""
+    zero = {}
+    if enabled and accelerator.distributed_type == "DEEPSPEED":
+        zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+    if zero.get("stage") != 3:
+        yield
+        return
+    saved = zero.get("offload_param")
+    zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    try:
+        yield
+    finally:
+        if saved is None:
+            zero.pop("offload_param")
+        else:
+            zero["offload_param"] = saved
+
+
+@contextmanager
+def placed_on(
+    modules: Sequence[torch.nn.Module], device: torch.device | str, home: torch.device | str
+) -> Iterator[None]:
+    """``modules`` on ``device`` inside the block and back on ``home`` after it (also when it
+    raises); nothing moves when the two are the same device (a CPU run, or no offloading)."""
+    if torch.device(device) == torch.device(home):
+        yield
+        return
+    place(modules, device)
+    try:
+        yield
+    finally:
+        place(modules, home)
 
 
 class PPOTrainer:
@@ -185,7 +317,16 @@ class PPOTrainer:
             for name, model in (("actor", actor), ("critic", critic))
             for kind, count in zip(("trainable", "total"), parameter_counts(model))
         }
-        self.model, self.optimizer, self.scheduler = self._prepare(ActorCritic(actor, critic))
+        actor_critic = ActorCritic(actor, critic)
+        if cfg.gradient_checkpointing:
+            actor_critic.gradient_checkpointing_enable()
+        self.model, self.optimizer, self.scheduler = self._prepare(actor_critic)
+        # frozen models live here between their forwards: the CPU with offload_frozen_models
+        self.frozen_home = (
+            torch.device("cpu") if cfg.offload_frozen_models else self.accelerator.device
+        )
+        self.reward_models = frozen_reward_models(rewards)
+        place(self.reward_models, self.frozen_home)
         self.reference = self._prepare_reference(reference)
         self.kl_ctl = (
             ca.AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
@@ -238,21 +379,34 @@ class PPOTrainer:
             num_warmup_steps=cfg.warmup_steps * per_step,
             num_training_steps=cfg.total_steps * per_step,
         )
+        # the trainer accumulates over micro-batches itself (_backward marks the boundary)
         distributed.configure_deepspeed(
-            self.accelerator, cfg.micro_batch_size, gradient_clipping=cfg.max_grad_norm
+            self.accelerator,
+            cfg.micro_batch_size,
+            gradient_clipping=cfg.max_grad_norm,
+            gradient_accumulation_steps=1,
         )
         return self.accelerator.prepare(model, optimizer, scheduler)
 
     def _prepare_reference(self, reference: torch.nn.Module | None):
-        """Frozen reference; ``None`` means the actor with its LoRA adapters disabled."""
+        """Frozen reference on :attr:`frozen_home`; ``None`` means the actor with its LoRA
+        adapters disabled. Under DeepSpeed it is TRL's frozen engine (ZeRO-3: sharded like the
+        actor; otherwise stage 0, a whole copy per process)."""
         if reference is None:
             return None
         reference.eval().requires_grad_(False)
         if self.accelerator.distributed_type == "DEEPSPEED":
             from trl.models import prepare_deepspeed  # lazy: trl loads peft; DeepSpeed only
 
-            return prepare_deepspeed(reference, self.accelerator)
-        return reference.to(self.accelerator.device)
+            with zero3_frozen_offload(self.accelerator, self.cfg.offload_frozen_models):
+                reference = prepare_deepspeed(reference, self.accelerator)
+        place([reference], self.frozen_home)
+        return reference
+
+    def _frozen_on_device(self, modules: Sequence[torch.nn.Module]):
+        """``modules`` on the accelerator's device inside the block, on :attr:`frozen_home`
+        outside it (nothing moves unless ``offload_frozen_models`` on an accelerator)."""
+        return placed_on(modules, self.accelerator.device, self.frozen_home)
 
     # ------------------------------------------------------------ experience
 
@@ -272,9 +426,7 @@ class PPOTrainer:
     ):
         """Generate with the engine, first syncing the actor's weights into it when due: at the
         first call, every ``sync_every`` steps, and when ``force_sync`` (evaluation)."""
-        from trl.models import unwrap_model_for_generation  # lazy: trl loads peft
-
-        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
+        with self._model_for_generation() as unwrapped:
             if self._sync_due(force_sync):
                 started = time.perf_counter()
                 self._sync_engine(unwrapped.actor)
@@ -283,14 +435,29 @@ class PPOTrainer:
                     times["time/weight_sync"] = time.perf_counter() - started
             return self.engine.generate(prompt_ids, sampling, n)
 
+    def _model_for_generation(self):
+        """The unwrapped ActorCritic: as it is for an engine with its own weights (vLLM, synced
+        layer by layer, so ZeRO-3 never gathers the whole model); for ``generate`` on the
+        actor itself, without gradient checkpointing and, under DeepSpeed, gathered (TRL)."""
+        if getattr(self.engine, "holds_own_weights", False):
+            return nullcontext(self.accelerator.unwrap_model(self.model))
+        if self.accelerator.distributed_type != "DEEPSPEED":
+            return without_checkpointing(self.accelerator.unwrap_model(self.model))
+        from trl.models import unwrap_model_for_generation  # lazy: trl loads peft (DeepSpeed only)
+
+        return unwrap_model_for_generation(self.model, self.accelerator)
+
     def _sync_engine(self, actor: torch.nn.Module) -> None:
-        """A shared engine (a server) is synced once, by the main process; nobody generates
-        before it has the new weights."""
+        """A shared engine (a server) is synced once, by the main process (under ZeRO-3 the
+        others take part in its layer-by-layer gathers); nobody generates before it has the
+        new weights."""
         if not getattr(self.engine, "shared", False):
             self.engine.sync_weights(actor)
             return
         if self.accelerator.is_main_process:
             self.engine.sync_weights(actor)
+        else:
+            join_gathers(actor)
         self.accelerator.wait_for_everyone()
 
     def _sync_due(self, force: bool) -> bool:
@@ -302,7 +469,8 @@ class PPOTrainer:
 
     def _reference_logprobs(self, exp: Experience) -> torch.Tensor:
         if self.reference is not None:
-            return completion_logprobs(self.reference, exp, self.cfg.temperature)[0]
+            with self._frozen_on_device([self.reference]):
+                return completion_logprobs(self.reference, exp, self.cfg.temperature)[0]
         actor = self.accelerator.unwrap_model(self.model).actor
         with actor.disable_adapter():
             return completion_logprobs(actor, exp, self.cfg.temperature)[0]
@@ -323,7 +491,8 @@ class PPOTrainer:
             texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
             prompts, columns = reward_inputs(sample_rows)
             columns.update(prompt_ids=batch.prompt_ids, completion_ids=batch.completion_ids)
-            scored = score_rewards(self.rewards, prompts, texts, columns)
+            with self._frozen_on_device(self.reward_models):
+                scored = score_rewards(self.rewards, prompts, texts, columns)
             scores, parts = scored.total, scored.parts
             exp.mask = exp.mask & scored.kept.to(dev)[:, None]  # dropped samples: no tokens
         truncated = torch.tensor([f == "length" for f in batch.finish_reasons])
@@ -423,22 +592,63 @@ class PPOTrainer:
         norms = [acc.clip_grad_norm_(m.parameters(), limit) for m in (models.actor, models.critic)]
         return torch.stack([torch.as_tensor(n, dtype=torch.float64).cpu() for n in norms])
 
+    def _micro_batches(self, minibatch: Experience) -> list[Experience]:
+        """The minibatch's micro-batches, each trimmed of its all-padding columns
+        (:meth:`Experience.trimmed`): ``micro_batch_size`` rows each, or packed by padded tokens
+        within ``max_tokens_per_micro_batch`` (:func:`~align.core.tensors.pack_by_token_budget`,
+        longest rows first) and then split until every process has as many micro-batches as
+        the one with the most. Every backward pass is a collective (DDP's gradient all-reduce,
+        DeepSpeed's reduce-scatter), so processes with different counts would hang."""
+        n, budget = minibatch.mask.shape[0], self.cfg.max_tokens_per_micro_batch
+        if budget is None:
+            groups = list(torch.arange(n).split(self.cfg.micro_batch_size))
+        else:
+            groups = pack_by_token_budget(*minibatch.lengths(), budget)
+            groups = split_to_count(groups, self._most_over_processes(len(groups)))
+        device = minibatch.mask.device
+        return [minibatch.select(g.to(device)).trimmed() for g in groups]
+
+    def _most_over_processes(self, count: int) -> int:
+        """The largest ``count`` any process has."""
+        if self.accelerator.num_processes == 1:
+            return count
+        counts = self.accelerator.gather(torch.tensor([count], device=self.accelerator.device))
+        return int(counts.max())
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        """``accelerator.backward``. Under DeepSpeed that is also the engine's step at an
+        accumulation boundary, so every micro-batch but the ``last`` is marked as inside the
+        accumulation: one optimizer step per minibatch, as without DeepSpeed."""
+        acc = self.accelerator
+        if acc.distributed_type == "DEEPSPEED":
+            acc.sync_gradients = last
+        try:
+            acc.backward(loss)
+        finally:
+            acc.sync_gradients = True
+
+    def _accumulate_gradients(self, minibatch: Experience) -> tuple[dict[str, torch.Tensor], bool]:
+        """Forward and backward over the minibatch's micro-batches, gradients summed; returns
+        the summed stats and whether every loss was finite. Each loss is normalised by the
+        minibatch's global token count, so how the rows are split does not change the sum."""
+        (num_tokens,) = self._global_sum(minibatch.mask.sum())
+        num_tokens = num_tokens.float().clamp(min=1)
+        totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        finite = True
+        batches = self._micro_batches(minibatch)
+        for i, mb in enumerate(batches):
+            pg_loss, vf_loss, stats = self._micro_losses(mb, num_tokens)
+            finite = finite and bool(torch.isfinite(pg_loss) and torch.isfinite(vf_loss))
+            self._backward(pg_loss + vf_loss, last=i == len(batches) - 1)
+            for k, v in stats.items():
+                totals[k] += v.detach().double().cpu()
+        return totals, finite
+
     def _optimizer_step(self, minibatch: Experience) -> dict[str, torch.Tensor] | str:
         """One step over a minibatch in micro-batches; returns its stats. When a loss or a
         gradient norm is not finite on any process, every process skips the step together and
         it returns what was not finite: ``"loss"`` or ``"gradient norm"``."""
-        (num_tokens,) = self._global_sum(minibatch.mask.sum())
-        num_tokens = num_tokens.float().clamp(min=1)
-        totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
-        size, n = self.cfg.micro_batch_size, minibatch.mask.shape[0]
-        finite = True
-        for start in range(0, n, size):
-            mb = minibatch.select(torch.arange(start, min(start + size, n)))
-            pg_loss, vf_loss, stats = self._micro_losses(mb, num_tokens)
-            finite = finite and bool(torch.isfinite(pg_loss) and torch.isfinite(vf_loss))
-            self.accelerator.backward(pg_loss + vf_loss)
-            for k, v in stats.items():
-                totals[k] += v.detach().double().cpu()
+        totals, finite = self._accumulate_gradients(minibatch)
         norms = self._clip_gradients()
         bad_loss, bad_grad = self._global_sum(
             torch.tensor(float(not finite)), torch.tensor(float(not torch.isfinite(norms).all()))
@@ -584,7 +794,8 @@ class PPOTrainer:
             )
         texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
         prompts, columns = reward_inputs(mine)
-        scored = score_rewards(self.rewards, prompts, texts, columns)
+        with self._frozen_on_device(self.reward_models):
+            scored = score_rewards(self.rewards, prompts, texts, columns)
         results = list(
             zip(
                 [r["category"] for r in mine],
@@ -664,7 +875,7 @@ class PPOTrainer:
                     getattr(unwrapped, name).save_pretrained(
                         tmp / name, state_dict=part, safe_serialization=True
                     )
-                self.tokenizer.save_pretrained(tmp / "actor")
+                save_tokenizer(self.tokenizer, tmp / "actor", self.cfg.chat_format)
                 torch.save(self._state(), tmp / "trainer_state.pt")
             acc.save_state(str(tmp / "accelerate"))
         return final

@@ -31,7 +31,7 @@ import random
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from accelerate.utils import GradientAccumulationPlugin
@@ -43,12 +43,13 @@ from align.core.checkpoints import (
     checkpoint_to_resume,
     restore_accelerate_state,
 )
-from align.core.config import check_ranges, config_to_yaml, load_config
+from align.core.config import check_ranges, config_to_yaml, load_config, missing_inputs_error
 from align.core.config import help_field as _help
 from align.core.data import DataError, load_records, messages_of, read_table, split_held_out
 from align.core.io import METRICS_FILE, MetricsFile, atomic_write_json, open_metrics
 from align.core.mixture import epoch_composition, initial_mix
 from align.core.mixture_control import MixtureControlConfig, MixtureController
+from align.core.models import load_options, load_pretrained
 from align.core.tensors import token_category_loss_sums
 from align.pretrain.bucket_sampler import BucketBatchSampler
 from align.pretrain.bucketing import (
@@ -74,9 +75,13 @@ class PretrainConfig:
         "mix_overfit_tolerance": "mix.overfit_tolerance",
     }
 
-    model: str | None = _help("Causal LM directory; none = the tiny world's policy.")
+    model: str | None = _help(
+        "Causal LM directory; none = the tiny world's policy (and its documents when docs is "
+        "none); once given, docs is required."
+    )
     docs: str | None = _help(
-        "Documents {text, category?} (JSONL / Parquet / CSV); none = tiny-world documents."
+        "Documents {text, category?} (JSONL / Parquet / CSV); required with a model; none "
+        "without one = tiny-world documents."
     )
     eval_docs: str | None = _help("Held-out documents; none = an eval_share split of docs.")
     eval_share: float = _help(
@@ -107,6 +112,14 @@ class PretrainConfig:
     dynamic_mix: bool = _help("Move the weights after each stage by held-out loss [S].", True)
     mix: MixtureControlConfig = _help(
         "The mixture controller [P] (METHODS §6).", factory=MixtureControlConfig
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = _help(
+        "Dtype the model is loaded in (float32, bfloat16, float16). With DeepSpeed, bf16/fp16 "
+        "mixed precision and fp32 master weights come from the accelerate config.",
+        "float32",
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = _help(
+        "Attention kernel (eager, sdpa, flash_attention_2); none = transformers' choice.", None
     )
     learning_rate: float = _help("Peak AdamW learning rate.", 1e-5, ge=0)
     warmup_steps: int = _help("Linear warm-up optimizer steps, then constant.", 0, ge=0)
@@ -251,9 +264,11 @@ def instance_tensors(
 class BucketPretrainer:
     """The training loop: stages of bucketed instances, one optimizer step per global batch."""
 
-    def __init__(self, cfg: PretrainConfig, model, tokenizer, train: Corpus, held: Corpus):
+    def __init__(
+        self, cfg: PretrainConfig, model, tokenizer, train: Corpus, held: Corpus, accelerator=None
+    ):
         self.cfg, self.tokenizer, self.train_corpus, self.held = cfg, tokenizer, train, held
-        self.accelerator = make_accelerator(self._micro_batches_per_step())
+        self.accelerator = accelerator or make_accelerator(micro_batches_per_step(cfg))
         self.accum = self.accelerator.gradient_accumulation_steps
         self.out = Path(cfg.output_dir)
         self.step = 0  # optimizer steps taken
@@ -269,18 +284,6 @@ class BucketPretrainer:
         self.controller = MixtureController(
             initial_mix(counts, weights=cfg.category_weights), cfg.controller_config()
         )
-
-    def _micro_batches_per_step(self) -> int:
-        """Forward/backward passes per optimizer step: the same for every bucket, because a
-        micro-batch holds ``micro_batch_tokens`` tokens whatever its bucket."""
-        per_rank = self.cfg.tokens_per_step // int(os.environ.get("WORLD_SIZE", "1"))
-        micro = self.cfg.micro_batch_tokens or per_rank
-        if per_rank % micro:
-            raise ValueError(
-                f"micro_batch_tokens: expected a divisor of the tokens per step per process "
-                f"({per_rank}), got {micro}"
-            )
-        return per_rank // micro
 
     def _prepare(self, model):
         from trl.trainer.utils import add_fused_lm_head  # lazy: trl loads peft
@@ -581,6 +584,19 @@ def resume_checkpoint(cfg: PretrainConfig) -> Path | None:
     return checkpoint_to_resume(cfg.output_dir, cfg.resume_from, "pretraining", marker)
 
 
+def micro_batches_per_step(cfg: PretrainConfig) -> int:
+    """Forward/backward passes per optimizer step: the same for every bucket, because a
+    micro-batch holds ``micro_batch_tokens`` tokens whatever its bucket."""
+    per_rank = cfg.tokens_per_step // int(os.environ.get("WORLD_SIZE", "1"))
+    micro = cfg.micro_batch_tokens or per_rank
+    if per_rank % micro:
+        raise ValueError(
+            f"micro_batch_tokens: expected a divisor of the tokens per step per process "
+            f"({per_rank}), got {micro}"
+        )
+    return per_rank // micro
+
+
 def make_accelerator(accumulation_steps: int):
     """An ``Accelerator`` that accumulates ``accumulation_steps`` micro-batches per optimizer
     step by counting them (no dataloader here to mark an epoch's end), and that also runs several
@@ -592,26 +608,37 @@ def make_accelerator(accumulation_steps: int):
 # --------------------------------------------------------------------------- run
 
 
+def check_inputs(cfg: PretrainConfig) -> None:
+    """With a ``model`` given, nothing comes from the tiny world: ``docs`` is required (one line
+    naming it otherwise)."""
+    if cfg.model and cfg.docs is None:
+        raise missing_inputs_error(
+            ("model", cfg.model), [("docs", "documents {text, category?} (JSONL / Parquet / CSV)")]
+        )
+
+
 def run(cfg: PretrainConfig, progress=lambda step, metrics: None) -> dict:
     """Load (and resume from ``cfg.resume_from``), train all stages, save ``output_dir/final``;
     write ``summary.json``/``report.md``."""
     # lazy: transformers' Auto classes (~2 s) stay off 'align pretrain --help'
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_inputs(cfg)
     resume = resume_checkpoint(cfg)
-    world = None
-    if cfg.model is None or cfg.docs is None:
-        world, _ = build_tiny_world()
+    world = None if cfg.model else build_tiny_world()[0]  # no model: the tiny world fills in
     model_dir = cfg.model or str(world.policy)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     train, held = load_corpora(cfg, tokenizer, world)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    # before the model loads: under DeepSpeed ZeRO-3 it then loads partitioned
+    accelerator = make_accelerator(micro_batches_per_step(cfg))
+    options = load_options(cfg.dtype, cfg.attn_implementation)
+    model = load_pretrained(AutoModelForCausalLM, model_dir, "model", **options)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = BucketPretrainer(cfg, model, tokenizer, train, held)
+    trainer = BucketPretrainer(cfg, model, tokenizer, train, held, accelerator=accelerator)
     if trainer.accelerator.is_main_process:
         if resume is None:
             open_metrics(out / METRICS_FILE, None)

@@ -25,12 +25,20 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from align.core.config import TRAINER_RANGES, check_ranges, config_to_yaml, load_config
+from align.core.chat_formats import get_chat_format
+from align.core.config import (
+    TRAINER_RANGES,
+    check_ranges,
+    config_to_yaml,
+    load_config,
+    missing_inputs_error,
+)
 from align.core.config import help_field as _help
 from align.core.data import load_records, messages_of, split_held_out
 from align.core.io import MetricsFile, atomic_write_json, open_metrics
 from align.core.mixture import initial_mix
 from align.core.mixture_control import MixtureControlConfig, MixtureController
+from align.core.models import load_pretrained, model_init_options
 from align.sft.data import (
     MixtureEpochSampler,
     category_counts,
@@ -71,9 +79,14 @@ class SFTRecipeConfig(SFTConfig):
     remove_unused_columns: bool = _help(
         "false: the collator needs the category_id column (the only value).", False
     )
-    model: str | None = _help("Causal LM directory; none = the tiny world's policy.")
+    model: str | None = _help(
+        "Causal LM directory; none = the tiny world's policy (and the tiny world fills in the "
+        "data left empty); once given, train_data is required."
+    )
     train_data: list[str] = _help(
-        "SFT record files; empty = the tiny world's preference pairs' chosen answers.", factory=list
+        "SFT record files; required with a model; empty without one = the tiny world's "
+        "preference pairs' chosen answers.",
+        factory=list,
     )
     eval_data: str | None = _help(
         "Held-out SFT records; none = the tiny world's held-out prompts with their references "
@@ -273,14 +286,26 @@ class JsonlLogger(TrainerCallback):
 # --------------------------------------------------------------------------- data
 
 
+def check_inputs(cfg: SFTRecipeConfig) -> None:
+    """With a ``model`` given, nothing comes from the tiny world: ``train_data`` is required
+    (one line naming it otherwise)."""
+    if cfg.model and not cfg.train_data:
+        raise missing_inputs_error(
+            ("model", cfg.model),
+            [("train_data", "SFT record files {messages | prompt + completion, category}")],
+        )
+
+
 def _tiny_defaults(cfg: SFTRecipeConfig) -> tuple[str, list[dict] | None, list[dict] | None]:
-    """Model, training records and held-out records, the tiny world filling what is unset.
+    """Model, training records and held-out records, the tiny world filling what is unset when
+    no ``model`` is given; with a ``model``, ``train_data`` is required (one line otherwise).
 
     Tiny training data: the chosen answers of its preference pairs, clean demonstrations the
     policy has not seen (its own ``sft.jsonl`` is noisy by design and already trained on).
     Tiny held-out data: its held-out prompts with their reference answers.
     """
-    if cfg.model and cfg.train_data:
+    check_inputs(cfg)
+    if cfg.model:
         return cfg.model, None, None
     world, _ = build_tiny_world()
 
@@ -331,6 +356,8 @@ def build_trainer(cfg: SFTRecipeConfig) -> tuple[MixtureSFTTrainer, dict]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # the Trainer saves this tokenizer into every checkpoint and final/: it carries the format
+    get_chat_format(cfg.chat_format).apply_to(tokenizer)
     data = load_sft_data(cfg, tokenizer)
     categories = data["categories"]
     weights = initial_mix(
@@ -342,7 +369,9 @@ def build_trainer(cfg: SFTRecipeConfig) -> tuple[MixtureSFTTrainer, dict]:
     controller = MixtureController(weights, cfg.controller_config())
     mix = MixtureCallback(controller, None, categories)
     mix.enabled = cfg.dynamic_mix
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    # cfg (TrainingArguments) exists: under DeepSpeed ZeRO-3 the model loads partitioned
+    options = model_init_options(cfg.model_init_kwargs)
+    model = load_pretrained(AutoModelForCausalLM, model_dir, "model", **options)
     trainer = MixtureSFTTrainer(
         model=model,
         args=cfg,
@@ -386,6 +415,7 @@ def _checkpoint_step(checkpoint: str) -> int:
 
 def run(cfg: SFTRecipeConfig) -> dict:
     """Evaluate, train, evaluate; save the model to ``output_dir/final`` and a summary."""
+    check_inputs(cfg)  # before anything is written
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer, parts = build_trainer(cfg)

@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import datasets
-from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from align.core.config import check_ranges, help_field
@@ -185,6 +183,17 @@ def _records(cfg: TinyWorldConfig) -> dict[str, list[dict]]:
     }
 
 
+def write_data(
+    directory: str | os.PathLike[str], cfg: TinyWorldConfig | None = None
+) -> dict[str, int]:
+    """The data files of a world built with ``cfg`` (``<directory>/<name>.jsonl``, as under
+    ``data/`` above), without its tokenizer and models; returns the record counts by name."""
+    records = _records(cfg or TinyWorldConfig())
+    return {
+        name: write_jsonl(rows, Path(directory) / f"{name}.jsonl") for name, rows in records.items()
+    }
+
+
 # ---------------------------------------------------------------- tokenizer and models
 
 
@@ -258,6 +267,8 @@ def sft_policy(model, tokenizer, records: list[dict], cfg: TinyWorldConfig, work
         disable_tqdm=False,
         dataset_num_proc=None,
     )
+    from datasets import Dataset  # lazy: only building trains (random_models runs without it)
+
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in records])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
@@ -265,7 +276,8 @@ def sft_policy(model, tokenizer, records: list[dict], cfg: TinyWorldConfig, work
 
 
 def make_reward_backbone(policy, seed: int):
-    """``LlamaForSequenceClassification`` (one logit) with the policy's body and a fresh head.
+    """The policy's sequence-classification model (one logit): its body and a fresh head
+    (seeded), for any architecture (the body is ``base_model``, whatever the model calls it).
 
     The UFRM architecture: the chat LM without ``lm_head`` plus a randomly initialised linear head.
     """
@@ -278,7 +290,7 @@ def make_reward_backbone(policy, seed: int):
     config.architectures = None
     torch.manual_seed(seed + 1)
     reward = AutoModelForSequenceClassification.from_config(config)
-    reward.model.load_state_dict(policy.model.state_dict())
+    reward.base_model.load_state_dict(policy.base_model.state_dict())
     return reward
 
 
@@ -382,7 +394,9 @@ def build_tiny_world(
 @contextlib.contextmanager
 def _quiet_library_bars():
     """Hide datasets' and transformers' per-step bars (map, shard writing); SFT keeps its own."""
-    from transformers.utils import logging as hf_logging  # lazy: off 'align tiny build --help'
+    # lazy: off 'align tiny build --help'; datasets only when building (the GPU bench has none)
+    import datasets
+    from transformers.utils import logging as hf_logging
 
     datasets_on = datasets.is_progress_bar_enabled()
     hf_on = hf_logging.is_progress_bar_enabled()

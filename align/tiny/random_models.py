@@ -28,10 +28,26 @@ from align.tiny.world import generate
 #: Architectures the matrix covers: transformers ``model_type`` names.
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "phi3", "gpt_neox", "gpt2")
 
+#: Whether the public checkpoints of an architecture tie the LM head to the input embeddings
+#: (Qwen2-0.5B/1.5B, Qwen3-0.6B, Gemma 2 and GPT-2 do; Llama 2/3, Mistral, Phi-3 and Pythia do
+#: not): the default of :attr:`Shape.tie_word_embeddings`, so the matrix covers both layouts.
+TIED_EMBEDDINGS = {
+    "llama": False,
+    "qwen2": True,
+    "qwen3": True,
+    "mistral": False,
+    "gemma2": True,
+    "phi3": False,
+    "gpt_neox": False,
+    "gpt2": True,
+}
+
 
 @dataclass(frozen=True)
 class Shape:
-    """Sizes of a decoder-only model (``vocab_size`` None = the tokenizer's)."""
+    """Sizes of a decoder-only model (``vocab_size`` None = the tokenizer's;
+    ``tie_word_embeddings`` None = as the architecture's public checkpoints,
+    :data:`TIED_EMBEDDINGS`)."""
 
     hidden_size: int
     num_layers: int
@@ -40,7 +56,7 @@ class Shape:
     intermediate_size: int
     vocab_size: int | None = None
     max_positions: int = 512
-    tie_word_embeddings: bool = True
+    tie_word_embeddings: bool | None = None
 
 
 #: ``tiny`` is the test size (head_dim 32: vLLM's CPU attention needs >= 32); the others are the
@@ -68,7 +84,8 @@ def model_config(architecture: str, shape: Shape, vocab_size: int, special_ids: 
         )
     s = shape
     head_dim = s.hidden_size // s.num_heads
-    common = dict(vocab_size=vocab_size, tie_word_embeddings=s.tie_word_embeddings, **special_ids)
+    tied = TIED_EMBEDDINGS[architecture] if s.tie_word_embeddings is None else s.tie_word_embeddings
+    common = dict(vocab_size=vocab_size, tie_word_embeddings=tied, **special_ids)
     decoder = dict(
         hidden_size=s.hidden_size,
         num_hidden_layers=s.num_layers,

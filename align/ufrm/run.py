@@ -1,5 +1,6 @@
 """``align rm train`` / ``recipes/ufrm.py``: UFRM with the tiny world filling in what the config
-leaves empty, an evaluation of every stage on every held-out set, and a summary on disk."""
+leaves empty when it names no model (with a model, ``train_data`` is required), an evaluation of
+every stage on every held-out set, and a summary on disk."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from align.core.config import missing_inputs_error
 from align.core.outputs import check_output_dir
 from align.tiny.build import build_tiny_world
 from rm.evaluate import evaluate_reward_model, to_markdown
@@ -40,9 +42,22 @@ class StageProgress(TrainerCallback):
             self.bar.update(self.task, info=info)
 
 
+def check_inputs(cfg: UFRMConfig) -> None:
+    """With a ``model`` given, nothing comes from the tiny world: ``train_data`` is required
+    (one line naming it otherwise); ``eval_data`` may stay empty (no held-out evaluation)."""
+    if cfg.model is not None and cfg.train_data is None:
+        raise missing_inputs_error(
+            ("model", cfg.model),
+            [("train_data", "stage-1 preference records {prompt | messages, chosen, rejected, "
+              "category}")],
+        )  # fmt: skip
+
+
 def fill_tiny_defaults(cfg: UFRMConfig) -> UFRMConfig:
-    """Model, training and eval data from the tiny world (built on first use) where unset."""
-    if cfg.model is not None and cfg.train_data is not None:
+    """With no ``model`` given, the model and the data left unset from the tiny world (built on
+    first use); with one, the config as it is (:func:`check_inputs`)."""
+    check_inputs(cfg)
+    if cfg.model is not None:
         return cfg
     world, _ = build_tiny_world()
     cfg.model = cfg.model or str(world.reward)
@@ -56,7 +71,9 @@ def run(cfg: UFRMConfig, progress=None) -> dict:
     """Train both stages, evaluate each on every ``eval_data`` file, write ``config.yaml``,
     ``summary.json`` and ``report.md`` into ``output_dir`` (main process only). ``progress``: a
     ``TrainerCallback`` shown instead of the Trainer's tqdm bar. An ``output_dir`` that cannot
-    be written fails first, in one line (before the tiny world is built or a model loads)."""
+    be written fails first, in one line (before the tiny world is built or a model loads), and
+    so does a ``model`` without ``train_data``."""
+    check_inputs(cfg)
     check_output_dir(cfg.output_dir, "output_dir")
     cfg = fill_tiny_defaults(cfg)
     out = Path(cfg.output_dir)

@@ -76,7 +76,8 @@ def test_gsb_cli_identical_policies_are_all_same(tiny_world, tmp_path):
     out = tmp_path / "same"
     _run_cli(["gsb", "--candidate", str(tiny_world.policy), "--baseline", str(tiny_world.policy),
               "--prompts", str(tiny_world.data("eval_prompts")), "--limit", "1",
-              "--max_new_tokens", "16", "--n_boot", "200", "--out", str(out)])  # fmt: skip
+              "--rewards", "tiny", "--max_new_tokens", "16", "--n_boot", "200",
+              "--out", str(out)])  # fmt: skip
     saved = json.loads((out / "gsb.json").read_text(encoding="utf-8"))
     overall = saved["overall"]
     assert (overall["good"], overall["same"], overall["bad"]) == (0, 6, 0)  # 6 domains × 1
@@ -103,7 +104,8 @@ def test_gsb_cli_verdicts_match_the_rule_recomputed_per_answer(tiny_world, tmp_p
     out = tmp_path / "run"
     _run_cli(["gsb", "--candidate", str(tiny_world.policy), "--baseline", str(untrained),
               "--prompts", str(tiny_world.data("eval_prompts")), "--limit", "2",
-              "--max_new_tokens", "16", "--n_boot", "200", "--out", str(out)])  # fmt: skip
+              "--rewards", "tiny", "--max_new_tokens", "16", "--n_boot", "200",
+              "--out", str(out)])  # fmt: skip
     records = [json.loads(x) for x in (out / "answers.jsonl").read_text("utf-8").splitlines()]
     references = {}
     for line in tiny_world.data("eval_prompts").read_text("utf-8").splitlines():

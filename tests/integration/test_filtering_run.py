@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from align.core.data import DataError, load_records
 from align.filter.run import FilterConfig, load_prompt_records, run_filter
@@ -37,7 +39,8 @@ def prompt_file(tiny_world, tmp_path_factory) -> Path:
 
 
 def _config(tiny_world, prompt_file, out: Path, **overrides) -> FilterConfig:
-    fields = {"prompts": str(prompt_file), "policy": str(tiny_world.policy), "out": str(out)}
+    fields = {"prompts": str(prompt_file), "policy": str(tiny_world.policy), "out": str(out),
+              "rewards": [{"type": "rule", "rule": "tiny"}]}  # fmt: skip
     return FilterConfig(**{**fields, **RUN, **overrides})
 
 
@@ -83,7 +86,8 @@ def test_writes_kept_set_and_report(full_run, prompt_file):
 
 
 def _cli_args(tiny_world, prompt_file, out: Path) -> list[str]:
-    args = ["--prompts", str(prompt_file), "--policy", str(tiny_world.policy), "--out", str(out)]
+    args = ["--prompts", str(prompt_file), "--policy", str(tiny_world.policy), "--out", str(out),
+            "--rewards", "tiny"]  # fmt: skip
     for name, value in RUN.items():
         args += [f"--{name}", str(value)]
     return args
@@ -242,3 +246,23 @@ def test_financeiq_questions_with_the_tiny_reward_model(tiny_world, tmp_path):
     assert all(r["answer"] in "ABCD" for r in result.kept)
     assert result.truncated_prompts == 50  # every zero-shot prompt is longer than 96 tokens
     assert "50 prompts left-truncated" in report
+
+
+def test_dtype_and_attention_reach_the_policy_the_filter_and_eval_load(tiny_world, tmp_path):
+    """``dtype`` / ``attn_implementation`` of the filter and eval configs are what the loaded
+    policy has; unset, the checkpoint's dtype (float32 here) and transformers' choice. Set, they
+    change the filter's cache key (the samples depend on them)."""
+    from align.filter.run import _load_policy, cache_key
+    from eval.gsb_run import GSBConfig, load_policy
+
+    base = _config(tiny_world, tmp_path / "p.jsonl", tmp_path / "k.jsonl")
+    set_ = replace(base, dtype="bfloat16", attn_implementation="eager")
+    model = _load_policy(set_)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert model.config._attn_implementation == "eager"
+    assert next(_load_policy(base).parameters()).dtype == torch.float32
+    assert cache_key(set_, ["k"]) != cache_key(base, ["k"])
+    gsb = GSBConfig(candidate=str(tiny_world.policy), dtype="float16", attn_implementation="sdpa")
+    model, _ = load_policy(gsb.candidate, "candidate", gsb.dtype, gsb.attn_implementation)
+    assert next(model.parameters()).dtype == torch.float16
+    assert model.config._attn_implementation == "sdpa"

@@ -44,9 +44,11 @@ def pei_config(world, out: Path, prompts: Path) -> dict:
         "round_steps": 1,
         "reward_model": str(world.reward),
         "rm_pairs": str(world.data("eval_prefs")),
+        "judge": [{"type": "python", "fn": "align.tiny.reward:tiny_world_reward"}],
         "eval_max_prompts": 24,
         "controller": {"early_stop": False},
         "ppo": {
+            "config": "tiny",  # the tiny world's learning rates; paths given, so no fallback
             "policy": str(world.policy),
             "prompts": str(prompts),
             "eval_prompts": str(world.data("eval_prompts")),

@@ -20,6 +20,7 @@ def ppo_args(world, out, **overrides):
     values = dict(
         policy=world.policy,
         critic=world.reward,
+        rewards="align.tiny.reward:tiny_world_reward",
         prompts=world.data("prompts"),
         eval_prompts=world.data("eval_prompts"),
         output_dir=out,

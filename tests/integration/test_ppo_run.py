@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from align.ppo.config import PPOConfig
 from align.ppo.run import build_trainer
 from align.ppo.trainer import Experience
+from rm.spec import TINY_REWARD, tiny_reward
 
 
 def huge_reward(prompts, completions, **_):
@@ -24,6 +25,7 @@ def small_config(world, out, **overrides) -> PPOConfig:
     values = dict(
         policy=str(world.policy),
         critic=str(world.reward),
+        rewards=tiny_reward(),
         prompts=str(world.data("prompts")),
         eval_prompts=str(world.data("eval_prompts")),
         output_dir=str(out),
@@ -155,6 +157,8 @@ def test_ppo_raises_held_out_reward(tiny_world, tmp_path, seed):
         str(tiny_world.policy),
         "--critic",
         str(tiny_world.reward),
+        "--rewards",
+        TINY_REWARD,
         "--prompts",
         str(tiny_world.data("prompts")),
         "--eval_prompts",

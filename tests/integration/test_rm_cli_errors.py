@@ -155,8 +155,9 @@ def test_prompts_without_reference_under_the_tiny_reward(tiny_world, tmp_path):
         encoding="utf-8",
     )
     done = _ppo(
-        tiny_world, tmp_path / "run", "--prompts", str(prompts), "--eval_prompts", str(prompts)
-    )
+        tiny_world, tmp_path / "run", "--prompts", str(prompts), "--eval_prompts", str(prompts),
+        "--rewards", "align.tiny.reward:tiny_world_reward",
+    )  # fmt: skip
     line = one_line_exit_2(done)
     # checked before any model loads: the file, the column and the reward are named
     assert line.startswith(f"error: prompts {prompts}: column 'reference' missing")

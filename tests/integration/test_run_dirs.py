@@ -39,6 +39,7 @@ def ppo_args(world, out: Path, **overrides) -> list[str]:
     values = dict(
         policy=world.policy,
         critic=world.reward,
+        rewards="align.tiny.reward:tiny_world_reward",
         prompts=world.data("prompts"),
         eval_prompts=world.data("eval_prompts"),
         output_dir=out,
@@ -154,7 +155,8 @@ FILTER = ["--n", "4", "--max-new-tokens", "32", "--keep", "8", "--seed", "5"]
 
 
 def filter_args(world, prompts: Path, out: Path) -> list[str]:
-    return ["filter", "--prompts", str(prompts), "--policy", str(world.policy), "--out", str(out)]
+    return ["filter", "--prompts", str(prompts), "--policy", str(world.policy), "--rewards", "tiny",
+            "--out", str(out)]  # fmt: skip
 
 
 @pytest.mark.slow

@@ -111,7 +111,7 @@ def _touch(path: Path) -> Path:
 
 def ppo_args(i: dict, **changes) -> list[str]:
     values = {
-        "policy": i["model"], "critic": i["critic"], "prompts": i["prompts"],
+        "policy": i["model"], "critic": i["critic"], "rewards": "tiny", "prompts": i["prompts"],
         "eval_prompts": i["prompts"], "output_dir": i["prompts"].parent / "runs" / "ppo",
         **changes,
     }  # fmt: skip
@@ -120,11 +120,11 @@ def ppo_args(i: dict, **changes) -> list[str]:
 
 def pei_args(i: dict, out: Path, ppo: dict | None = None) -> list[str]:
     ppo = {
-        "policy": i["model"], "critic": i["critic"], "prompts": i["prompts"],
+        "policy": i["model"], "critic": i["critic"], "rewards": "tiny", "prompts": i["prompts"],
         "eval_prompts": i["prompts"], **(ppo or {}),
     }  # fmt: skip
     return [
-        "pei", "--output_dir", str(out), "--rm_pairs", str(i["prefs"]),
+        "pei", "--output_dir", str(out), "--rm_pairs", str(i["prefs"]), "--judge", "tiny",
         *(x for k, v in ppo.items() for x in (f"--ppo.{k}", str(v))),
     ]  # fmt: skip
 
@@ -137,7 +137,7 @@ WRITERS = {
     "filter": (
         "out",
         lambda i, out: [
-            "filter", "--prompts", i["prompts"], "--policy", i["model"],
+            "filter", "--prompts", i["prompts"], "--policy", i["model"], "--rewards", "tiny",
             "--out", out / "kept.jsonl",
         ],
     ),
@@ -151,7 +151,7 @@ WRITERS = {
         "out",
         lambda i, out: [
             "eval", "gsb", "--candidate", i["model"], "--baseline", i["model"],
-            "--prompts", i["prompts"], "--out", out,
+            "--prompts", i["prompts"], "--rewards", "tiny", "--out", out,
         ],
     ),
     "eval mcq": (
@@ -273,7 +273,7 @@ def test_filter_report_dir_checked_before_sampling(tmp_path, inputs):
     blocker = tmp_path / "taken"
     blocker.write_text("x", encoding="utf-8")
     result = align(
-        "filter", "--prompts", inputs["prompts"], "--policy", inputs["model"],
+        "filter", "--prompts", inputs["prompts"], "--policy", inputs["model"], "--rewards", "tiny",
         "--out", tmp_path / "kept.jsonl", "--report_dir", blocker / "report",
     )  # fmt: skip
     one_line_error(result, "report_dir: ", blocker / "report", "is a file")
@@ -313,7 +313,9 @@ def test_ppo_bad_policy_path_names_the_field(tmp_path, inputs, make, expected):
 def test_filter_refuses_pickle_policy(tmp_path, inputs):
     bad = pickle_model(tmp_path / "bin_model")
     out = tmp_path / "kept.jsonl"
-    result = align("filter", "--prompts", inputs["prompts"], "--policy", bad, "--out", out)
+    result = align(
+        "filter", "--prompts", inputs["prompts"], "--policy", bad, "--rewards", "tiny", "--out", out
+    )
     _pickle_line(result, "policy", bad)
     assert not out.exists() and not (tmp_path / "kept_report").exists()
 
@@ -322,11 +324,13 @@ def test_filter_refuses_pickle_policy(tmp_path, inputs):
 def test_eval_gsb_refuses_pickle_or_missing_policies(tmp_path, inputs, side):
     bad = pickle_model(tmp_path / "bin_model")
     other = "baseline" if side == "candidate" else "candidate"
-    args = ["eval", "gsb", f"--{side}", bad, f"--{other}", inputs["model"]]
+    args = ["eval", "gsb", f"--{side}", bad, f"--{other}", inputs["model"], "--rewards", "tiny"]
     result = align(*args, "--prompts", inputs["prompts"], "--out", tmp_path / "gsb")
     _pickle_line(result, side, bad)
     missing = tmp_path / "nowhere"
-    args = ["eval", "gsb", f"--{side}", missing, f"--{other}", inputs["model"]]
+    args = [
+        "eval", "gsb", f"--{side}", missing, f"--{other}", inputs["model"], "--rewards", "tiny"
+    ]  # fmt: skip
     result = align(*args, "--prompts", inputs["prompts"], "--out", tmp_path / "gsb")
     one_line_error(result, f"{side}: ", missing, "no such model directory")
     assert not (tmp_path / "gsb").exists()
@@ -384,7 +388,74 @@ def test_pei_empty_eval_prompts_and_unknown_refilter_category(tmp_path, inputs):
 def test_eval_gsb_empty_prompts_names_the_file(tmp_path, inputs):
     result = align(
         "eval", "gsb", "--candidate", inputs["model"], "--baseline", inputs["model"],
-        "--prompts", inputs["empty"], "--out", tmp_path / "gsb",
+        "--prompts", inputs["empty"], "--rewards", "tiny", "--out", tmp_path / "gsb",
     )  # fmt: skip
     one_line_error(result, "prompts: ", inputs["empty"], "no prompt records")
     assert not (tmp_path / "gsb").exists()
+
+
+# ------------------------------------------------------------------ 6. no silent toy fallbacks
+
+
+def align_with_cache(cache: Path, *args: str | Path) -> subprocess.CompletedProcess:
+    """``align ARGS`` with the tiny world's cache at ``cache`` (empty: a build would show)."""
+    return subprocess.run(
+        [sys.executable, "-m", "align.cli", *map(str, args)],
+        capture_output=True, text=True, env={**_env(), "ALIGN_CACHE": str(cache)}, timeout=600,
+    )  # fmt: skip
+
+
+# Each command family given a model path and nothing else: (arguments, the field the line names
+# first, what else it names). The tiny world used to fill these in without a word (a 1.3 M
+# critic for a 7B policy, the tiny world's prompts and rule).
+MODEL_WITHOUT_INPUTS = {
+    "ppo": (
+        lambda i, out: ["ppo", "--policy", i["model"], "--output_dir", out],
+        "critic: ",
+        ["policy: ", "critic_from_policy", "also missing: rewards, prompts, eval_prompts"],
+    ),
+    "pei": (
+        lambda i, out: ["pei", "--ppo.policy", i["model"], "--output_dir", out],
+        "ppo.critic: ",
+        ["ppo.policy: ", "also missing: ppo.rewards, ppo.prompts, eval_prompts, rm_pairs, judge"],
+    ),
+    "filter": (
+        lambda i, out: ["filter", "--policy", i["model"], "--out", out / "kept.jsonl"],
+        "prompts: ",
+        ["policy: ", "also missing: rewards"],
+    ),
+    "sft": (
+        lambda i, out: ["sft", "--model", i["model"], "--bf16", "false", "--output_dir", out],
+        "train_data: ",
+        ["model: ", "SFT record files"],
+    ),
+    "pretrain": (
+        lambda i, out: ["pretrain", "--model", i["model"], "--output_dir", out],
+        "docs: ",
+        ["model: ", "documents {text, category?}"],
+    ),
+    "rm train": (
+        lambda i, out: ["rm", "train", "--model", i["critic"], "--output_dir", out],
+        "train_data: ",
+        ["model: ", "preference records"],
+    ),
+    "eval gsb": (
+        lambda i, out: ["eval", "gsb", "--candidate", i["model"], "--out", out],
+        "baseline: ",
+        ["candidate: ", "'tiny'", "also missing: prompts, rewards"],
+    ),
+}
+
+
+@pytest.mark.parametrize("command", MODEL_WITHOUT_INPUTS)
+def test_a_model_path_without_its_inputs_is_one_line_not_the_tiny_world(tmp_path, inputs, command):
+    """Once a model path is given, a missing input is one line naming it and what it expects:
+    before any model loads (the models are shells) and without building the tiny world."""
+    make, field, also = MODEL_WITHOUT_INPUTS[command]
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    cache.mkdir()
+    result = align_with_cache(cache, *make(inputs, out))
+    line = one_line_error(result, field, *also)
+    assert line.startswith(f"error: {field}required once a model path is given"), line
+    assert "the tiny world fills in only when no model path is given" in line
+    assert not out.exists() and list(cache.iterdir()) == []

@@ -84,6 +84,7 @@ def ppo_config(world, tmp_path, sync_every: int = 1, **overrides):
     return PPOConfig(
         policy=str(world.policy),
         critic=str(world.reward),
+        rewards=[{"type": "python", "fn": "align.tiny.reward:tiny_world_reward"}],
         prompts=str(world.data("prompts")),
         eval_prompts=str(world.data("eval_prompts")),
         rollout=RolloutConfig(engine="vllm", sync_every=sync_every),
