@@ -150,6 +150,9 @@ def _ppo_config() -> type:
 
 def run_ppo_command(cfg, invocation: Invocation) -> None:
     """Re-launch if asked, then train with a progress bar and report the held-out score."""
+    from align.ppo.config import check_inputs  # lazy: loaded already with the config class
+
+    check_inputs(cfg)  # a missing input: one line, before any process starts or model loads
     relaunch(invocation)
     # lazy: transformers and the trainer load only to train (keeps 'align --help' fast)
     from transformers.utils import logging as hf_logging

@@ -47,7 +47,7 @@ from align.core.models import check_model_dir, load_options
 from align.core.outputs import check_output_dir
 from align.filter.run import FilterConfig, run_filter
 from align.pei.controller import ARROWS, ControllerConfig, Decision, RoundMeasurements, decide
-from align.ppo.config import PPOConfig
+from align.ppo.config import PPOConfig, missing_inputs
 from align.tiny.build import build_tiny_world
 from eval.generation import generate_answers
 from eval.gsb import summarize
@@ -269,9 +269,6 @@ def check_inputs(cfg: PEIConfig, base: PPOConfig) -> None:
     """With a model path given (``base``: the rounds' PPO config with ``eval_prompts`` and a
     reward-model directory applied), nothing comes from the tiny world: every PPO input,
     ``rm_pairs`` and a judge are required, and ``reward_model: tiny`` is refused. One line."""
-    # lazy: align.ppo.run loads transformers' model classes, kept off 'align pei --help'
-    from align.ppo.run import missing_inputs
-
     if cfg.uses_tiny_world():
         return
     given = next(
@@ -319,9 +316,6 @@ def _with_paths(base: PPOConfig, paths: dict) -> PPOConfig:
 
 
 def prepare(cfg: PEIConfig, progress: Callable[[str], None]) -> Setup:
-    # lazy: align.ppo.run loads transformers' model classes, kept off 'align pei --help'
-    from align.ppo.run import _resolve_paths, load_prompts
-
     out = Path(cfg.output_dir)
     base = dataclasses.replace(cfg.ppo)
     if base.lora_r:
@@ -335,6 +329,10 @@ def prepare(cfg: PEIConfig, progress: Callable[[str], None]) -> Setup:
     if cfg.reward_model and cfg.reward_model != "tiny":
         _use_reward_model(base, cfg.reward_model)
     check_inputs(cfg, base)
+    # lazy: align.ppo.run loads transformers' model classes (seconds): after the checks, and
+    # kept off 'align pei --help'
+    from align.ppo.run import _resolve_paths, load_prompts
+
     paths = _resolve_paths(base)
     # the data before anything is written or trained: a bad file fails the run at once
     prompts = load_prompts(paths["prompts"], "prompts")

@@ -9,12 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from align.core.config import build, check_ranges, config_to_yaml, load_config
+from align.core.config import (
+    build,
+    check_ranges,
+    config_to_yaml,
+    load_config,
+    missing_inputs_error,
+)
 from align.core.config import help_field as _help
-from rm.spec import TINY_REWARD, RewardSpec, as_specs, tiny_reward
+from rm.spec import REWARDS_EXPECTED, TINY_REWARD, RewardSpec, as_specs, tiny_reward
 from rollouts.config import RolloutConfig
 
-__all__ = ["OLD_SPELLINGS", "PPOConfig", "TINY_REWARD"]
+__all__ = ["OLD_SPELLINGS", "PPOConfig", "TINY_REWARD", "check_inputs", "missing_inputs"]
 
 #: Old spellings of PPOConfig fields, still read (with a warning, once each).
 OLD_SPELLINGS = {
@@ -118,8 +124,8 @@ class PPOConfig:
     )
     offload_frozen_models: bool = _help(
         "Keep the reference and reward models on the CPU except while they score (frees GPU "
-        "memory for training and generation; no effect on a CPU run). Under ZeRO-3 the "
-        "reference is DeepSpeed's: its partitions stay in CPU memory (offload_param) and each "
+        "memory for training and generation; no effect on a CPU run). Under ZeRO-3 they are "
+        "DeepSpeed engines: their partitions stay in CPU memory (offload_param) and each "
         "layer's are fetched while it runs.",
         False,
     )
@@ -260,3 +266,40 @@ class PPOConfig:
     def to_yaml(self) -> str:
         """The resolved config as YAML (reads back to an equal config)."""
         return config_to_yaml(self)
+
+
+#: What each input of a run is, named in the error when a run with a model path lacks it.
+EXPECTED_INPUTS = {
+    "policy": "the SFT policy directory (HF format, safetensors)",
+    "critic": "a sequence-classification model directory (the trained reward model [S]), or "
+    "critic_from_policy: true",
+    "rewards": REWARDS_EXPECTED,
+    "prompts": "prompt records {prompt | messages, category} (JSONL/Parquet/CSV/dir)",
+    "eval_prompts": "held-out prompt records {prompt | messages, category}",
+}
+
+
+def missing_inputs(cfg: PPOConfig) -> list[tuple[str, str]]:
+    """``(field, what it expects)`` of every input left empty by a config that names a model
+    path (none when it names none: the tiny world fills in)."""
+    if cfg.uses_tiny_world():
+        return []
+    empty = {
+        "policy": cfg.policy is None,
+        "critic": cfg.critic is None and not cfg.critic_from_policy,
+        "rewards": not cfg.rewards,
+        "prompts": cfg.prompts is None,
+        "eval_prompts": cfg.eval_prompts is None,
+    }
+    return [(name, EXPECTED_INPUTS[name]) for name, is_empty in empty.items() if is_empty]
+
+
+def check_inputs(cfg: PPOConfig, prefix: str = "") -> None:
+    """One line naming the first input a config with a model path leaves empty (``prefix``:
+    where the PPO config sits, e.g. ``ppo.`` in PEI's)."""
+    missing = missing_inputs(cfg)
+    if missing:
+        given = next(n for n in ("policy", "critic", "reference") if getattr(cfg, n) is not None)
+        raise missing_inputs_error(
+            (prefix + given, getattr(cfg, given)), [(prefix + n, e) for n, e in missing]
+        )

@@ -16,54 +16,16 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from align.core import distributed, sharded_loading
 from align.core.checkpoints import checkpoint_to_resume
-from align.core.config import missing_inputs_error
 from align.core.data import load_records
 from align.core.models import check_model_dir, load_options, load_pretrained
 from align.core.outputs import check_output_dir
-from align.ppo.config import PPOConfig
+from align.ppo.config import PPOConfig, check_inputs
 from align.ppo.trainer import PPOTrainer, make_accelerator, zero3_frozen_offload
 from align.tiny.build import build_tiny_world
 from rm.functions import LocalRewardModel, WeightedReward, check_reward_columns, rewards_from_config
-from rm.spec import REWARDS_EXPECTED
 from rollouts.base import RolloutEngine
 from rollouts.factory import engine_options as options_of
 from rollouts.factory import make_engine
-
-#: What each input of a run is, named in the error when a run with a model path lacks it.
-EXPECTED_INPUTS = {
-    "policy": "the SFT policy directory (HF format, safetensors)",
-    "critic": "a sequence-classification model directory (the trained reward model [S]), or "
-    "critic_from_policy: true",
-    "rewards": REWARDS_EXPECTED,
-    "prompts": "prompt records {prompt | messages, category} (JSONL/Parquet/CSV/dir)",
-    "eval_prompts": "held-out prompt records {prompt | messages, category}",
-}
-
-
-def missing_inputs(cfg: PPOConfig) -> list[tuple[str, str]]:
-    """``(field, what it expects)`` of every input left empty by a config that names a model
-    path (none when it names none: the tiny world fills in)."""
-    if cfg.uses_tiny_world():
-        return []
-    empty = {
-        "policy": cfg.policy is None,
-        "critic": cfg.critic is None and not cfg.critic_from_policy,
-        "rewards": not cfg.rewards,
-        "prompts": cfg.prompts is None,
-        "eval_prompts": cfg.eval_prompts is None,
-    }
-    return [(name, EXPECTED_INPUTS[name]) for name, is_empty in empty.items() if is_empty]
-
-
-def check_inputs(cfg: PPOConfig, prefix: str = "") -> None:
-    """One line naming the first input a config with a model path leaves empty (``prefix``:
-    where the PPO config sits, e.g. ``ppo.`` in PEI's)."""
-    missing = missing_inputs(cfg)
-    if missing:
-        given = next(n for n in ("policy", "critic", "reference") if getattr(cfg, n) is not None)
-        raise missing_inputs_error(
-            (prefix + given, getattr(cfg, given)), [(prefix + n, e) for n, e in missing]
-        )
 
 
 def _resolve_paths(cfg: PPOConfig) -> dict[str, Path | None]:

@@ -620,10 +620,10 @@ def check_inputs(cfg: PretrainConfig) -> None:
 def run(cfg: PretrainConfig, progress=lambda step, metrics: None) -> dict:
     """Load (and resume from ``cfg.resume_from``), train all stages, save ``output_dir/final``;
     write ``summary.json``/``report.md``."""
+    check_inputs(cfg)  # before anything loads
     # lazy: transformers' Auto classes (~2 s) stay off 'align pretrain --help'
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    check_inputs(cfg)
     resume = resume_checkpoint(cfg)
     world = None if cfg.model else build_tiny_world()[0]  # no model: the tiny world fills in
     model_dir = cfg.model or str(world.policy)

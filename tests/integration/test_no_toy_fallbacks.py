@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from align.core.config import ConfigError, load_config
-from align.ppo.config import PPOConfig
+from align.ppo.config import PPOConfig, check_inputs
 from rm.spec import tiny_reward, tiny_rule
 
 TINY_RULE = [{"type": "rule", "rule": "tiny"}]
@@ -50,8 +50,6 @@ def shell_model(path: Path) -> str:
 
 
 def test_ppo_names_each_missing_input_once_a_model_path_is_given():
-    from align.ppo.run import check_inputs
-
     check_inputs(PPOConfig(**FULL_PPO))  # complete
     for field in ("critic", "rewards", "prompts", "eval_prompts"):
         values = {**FULL_PPO, field: [] if field == "rewards" else None}
@@ -151,8 +149,6 @@ def pei_inputs(tmp_path) -> dict:
 
 def test_pei_a_reward_model_stands_in_for_critic_and_rewards(pei_inputs):
     from align.pei.run import PEIConfig, prepare, round_ppo_config
-    from align.ppo.run import check_inputs
-
     i = pei_inputs
     cfg = PEIConfig(
         output_dir=i["out"], reward_model=i["rm"], rm_pairs=i["pairs"], judge=TINY_RULE,
@@ -173,8 +169,6 @@ def test_pei_a_reward_model_stands_in_for_critic_and_rewards(pei_inputs):
 
 def test_pei_with_no_model_path_fills_every_round_from_the_tiny_world(tiny_cache, tmp_path):
     from align.pei.run import PEIConfig, prepare, round_ppo_config
-    from align.ppo.run import check_inputs
-
     out = tmp_path / "pei"
     cfg = PEIConfig.from_sources("tiny", ["--reward_model", "null", "--output_dir", str(out)])
     assert cfg.uses_tiny_world() and cfg.judge == tiny_reward()
