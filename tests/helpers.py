@@ -4,6 +4,26 @@ from __future__ import annotations
 
 import torch
 
+#: accelerate config of the 2-process ZeRO-3 CPU launches, fp32 (no mixed precision).
+ZERO3_FP32 = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: DEEPSPEED
+deepspeed_config:
+  zero_stage: 3
+  offload_optimizer_device: none
+  offload_param_device: none
+  gradient_accumulation_steps: 1
+  zero3_init_flag: true
+  zero3_save_16bit_model: true
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+rdzv_backend: static
+same_network: true
+use_cpu: false
+"""
+
 
 def random_reward_model(tokenizer, pad_token_id: int | None = None):
     """A tiny seeded ``LlamaForSequenceClassification`` (one label) for ``tokenizer``'s vocab."""

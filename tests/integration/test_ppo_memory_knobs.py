@@ -16,6 +16,7 @@ import torch
 
 from align.ppo.config import PPOConfig
 from align.ppo.run import build_trainer
+from tests.helpers import ZERO3_FP32
 from tests.integration.test_ppo_distributed import align_ppo, ppo_args, trajectory
 from tests.integration.test_ppo_run import final_weights, small_config
 
@@ -174,25 +175,6 @@ def test_gradient_checkpointing_lowers_peak_memory():
     assert off["added_mib"] - on["added_mib"] >= 40, (on, off)
 
 
-ZERO3_FP32 = """\
-compute_environment: LOCAL_MACHINE
-distributed_type: DEEPSPEED
-deepspeed_config:
-  zero_stage: 3
-  offload_optimizer_device: none
-  offload_param_device: none
-  gradient_accumulation_steps: 1
-  zero3_init_flag: true
-  zero3_save_16bit_model: true
-mixed_precision: 'no'
-num_machines: 1
-num_processes: 2
-machine_rank: 0
-main_training_function: main
-rdzv_backend: static
-same_network: true
-use_cpu: false
-"""
 
 
 @pytest.mark.slow

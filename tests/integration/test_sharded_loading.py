@@ -21,25 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import ZERO3_FP32
+
 PROBE = Path(__file__).with_name("zero3_probe.py")
-ZERO3_FP32 = """\
-compute_environment: LOCAL_MACHINE
-distributed_type: DEEPSPEED
-deepspeed_config:
-  zero_stage: 3
-  offload_optimizer_device: none
-  offload_param_device: none
-  gradient_accumulation_steps: 1
-  zero3_init_flag: true
-  zero3_save_16bit_model: true
-mixed_precision: 'no'
-num_machines: 1
-num_processes: 2
-machine_rank: 0
-rdzv_backend: static
-same_network: true
-use_cpu: false
-"""
 #: The acceptance bound: a process's load adds at most this share of an unsharded load.
 MAX_SHARE = 0.65
 
