@@ -3,12 +3,12 @@
     python bench/bucketing.py [--documents 100000] [--sigma 1.1] [--seed 0]
 
 Prints one JSON line per method: padding / truncation ratios (percent), concatenation ratio
-(documents per instance), instance counts, the seconds the composition took, and the paper's
-numbers where it reports them (METHODS §5: from secondary summaries of arXiv 2407.07495). The
-corpus: document lengths ~ round(LogNormal(μ, σ)) with μ = ln(1000) − σ²/2 (mean 1000 tokens);
-σ = 1.1 puts Fixed-2048's truncation near the paper's. The paper's corpus is not public, so only
-the pattern is comparable: concatenation ≈ L / mean, truncation roughly halving as L doubles,
-and the bucketed method under 1% for both padding and truncation.
+(documents per instance), instance counts, the seconds the composition took, and the paper's numbers
+where it reports them (docs/methods.md §5: from secondary summaries of arXiv 2407.07495). The
+corpus: document lengths ~ round(LogNormal(μ, σ)) with μ = ln(1000) − σ²/2 (mean 1000 tokens); σ =
+1.1 puts Fixed-2048's truncation near the paper's. The paper's corpus is not public, so only the
+pattern is comparable: concatenation ≈ L / mean, truncation roughly halving as L doubles, and the
+bucketed method under 1% for both padding and truncation.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ judge could not decide; counted as ``unjudged`` and left out of every rate). Per
 overall, with ``n = good + same + bad``:
 
 - win rate ``good / n``; win+tie rate (胜和率) ``(good + same) / n``; loss rate ``bad / n``;
-- net win rate ``(good - bad) / n`` (METHODS §4: the PPO gain G_d of a sub-domain).
+- net win rate ``(good - bad) / n`` (docs/methods.md §4: the PPO gain G_d of a sub-domain).
 
 Intervals are percentile bootstrap intervals: the judgements of a row are resampled with
 replacement ``n_boot`` times (a multinomial draw of the three counts), the rates recomputed, and

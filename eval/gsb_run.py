@@ -16,6 +16,13 @@ from align.core.config import help_field as _help
 from align.core.data import load_records, write_jsonl
 from align.core.models import check_model_dir, load_options, load_pretrained
 from align.core.outputs import check_output_dir
+from align.core.tracking import (
+    Tracker,
+    check_report_to,
+    project_field,
+    report_to_field,
+    run_name_field,
+)
 from eval.generation import generate_answers
 from eval.gsb import GSBReport, summarize
 from eval.judges import Judge, RewardJudge
@@ -91,11 +98,15 @@ class GSBConfig:
     out: str = _help(
         "Run directory for answers.jsonl, gsb.json, plots/gsb.png, report.md.", "runs/eval-gsb"
     )
+    report_to: list[str] = report_to_field()
+    project: str = project_field()
+    run_name: str | None = run_name_field()
 
     def __post_init__(self) -> None:
         if not self.candidate:
             raise ValueError("candidate: required")
         check_ranges(self)
+        self.report_to = check_report_to(self.report_to)
         if self.judge == "llm" and self.llm_judge is None:
             raise ValueError("judge: llm needs llm_judge.base_url and llm_judge.model")
         if self.judge == "reward" and self.llm_judge is not None:
@@ -241,4 +252,23 @@ def run_gsb(cfg: GSBConfig, on_batch: Callable[[int], None] | None = None) -> Co
     write_jsonl(result.records, out / "answers.jsonl")
     section = gsb_section(result.report, out, extra={"config": asdict(cfg)})
     write_report(out, [section], title=f"GSB: {cfg.candidate} vs {cfg.baseline}")
+    report_to_trackers(cfg, result)
     return result
+
+
+#: Answer pairs shown in the trackers' table of sample answers.
+TRACKER_SAMPLES = 32
+
+
+def report_to_trackers(cfg: GSBConfig, result: Comparison) -> None:
+    """Rates per category (``gsb/<category>/<rate>``, step 0) and a table of the first answer
+    pairs with their verdicts, to the trackers of ``cfg.report_to``."""
+    if not cfg.report_to:
+        return
+    tracker = Tracker.start(cfg.report_to, cfg.out, cfg.project, cfg.run_name, asdict(cfg))
+    scalars = {}
+    for row in [*result.report.rows, result.report.overall]:
+        scalars.update({f"gsb/{row.category}/{k}": v for k, v in row.rates.items()})
+    tracker.log(scalars, step=0)
+    tracker.log_samples(result.records[:TRACKER_SAMPLES], step=0)
+    tracker.finish()

@@ -7,24 +7,28 @@ negative one "bad", zero "same" (so "A" in both orders, pure position bias, is "
 whose verdict cannot be read is asked again (``parse_retries`` times); an order that never
 yields a verdict is left out, and a comparison with no readable order is unjudged (``None``).
 
-HTTP: ``POST {base_url}/chat/completions`` with ``Authorization: Bearer $<api_key_env>`` (no
-header when ``api_key_env`` is None: local servers);
-connection errors, timeouts, 429 and 5xx answers are retried with exponential backoff, other 4xx
-answers raise :class:`LLMJudgeError` at once. Standard library only.
+HTTP through the ``openai`` client: ``POST {base_url}/chat/completions`` with ``Authorization:
+Bearer $<api_key_env>`` (a placeholder key when ``api_key_env`` is None: local servers).
+Connection errors, timeouts, 429 and 5xx answers are retried ``retries`` times, waiting what the
+server asks for in ``Retry-After`` / ``retry-after-ms`` (at most :data:`MAX_RETRY_AFTER` seconds),
+else ``backoff · 2^k``; other 4xx answers raise :class:`LLMJudgeError` at once.
 """
 
 from __future__ import annotations
 
-import json
+import email.utils
 import os
 import re
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from align.core.config import check_ranges, help_field
-from align.core.http import HTTPExhausted, HTTPRejected, request_json
+
+#: The longest wait a server's Retry-After may ask for (seconds); longer asks are cut to this.
+MAX_RETRY_AFTER = 300.0
 
 JUDGE_PROMPT_ZH = (
     "请你作为一名公正的评审，比较两位AI助手对同一个用户问题的回答质量。问题所属领域：{category}。\n"
@@ -49,6 +53,29 @@ _LABELS = {"a": "A", "b": "B", "c": "tie", "平局": "tie", "相当": "tie", "ti
 
 class LLMJudgeError(RuntimeError):
     """The chat API could not be reached or refused the request (names the URL)."""
+
+
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds a server asks to wait before the next request: ``retry-after-ms``, else
+    ``Retry-After`` as seconds or as an HTTP date; None when it asks nothing readable. Capped at
+    :data:`MAX_RETRY_AFTER`, never negative."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    wait = None
+    try:
+        if "retry-after-ms" in lower:
+            wait = float(lower["retry-after-ms"]) / 1000
+        elif "retry-after" in lower:
+            value = lower["retry-after"].strip()
+            try:
+                wait = float(value)
+            except ValueError:
+                date = email.utils.parsedate_to_datetime(value)
+                wait = date.timestamp() - (time.time() if now is None else now)
+    except (ValueError, TypeError):
+        return None
+    if wait is None or wait != wait:  # NaN
+        return None
+    return min(max(wait, 0.0), MAX_RETRY_AFTER)
 
 
 def parse_judgement(text: str) -> str | None:
@@ -155,7 +182,9 @@ class LLMJudge:
                     "name for a server without a key)"
                 )
             self.api_key = os.environ[api_key_env]
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self._openai = None
         self.model, self.template = model, template
         self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
         self.retries, self.backoff, self.parse_retries = retries, backoff, parse_retries
@@ -169,40 +198,59 @@ class LLMJudge:
 
     # ----------------------------------------------------------------- HTTP
 
+    def _client(self):
+        """The ``openai`` client (made on first use; thread-safe, shared by the workers)."""
+        if self._openai is None:
+            import openai  # lazy: the openai client loads only when a judge asks
+
+            self._openai = openai.OpenAI(
+                base_url=self.base_url, api_key=self.api_key or "none", timeout=self.timeout,
+                max_retries=0,  # retries are ours: counted, and Retry-After is honoured
+            )  # fmt: skip
+        return self._openai
+
     def complete(self, content: str) -> str:
         """One chat completion (a single user turn) with retries; the reply's text."""
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": content}],
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        import openai  # lazy: as in _client
 
-        def count(attempt: int) -> None:
+        last = ""
+        for attempt in range(self.retries + 1):
             self.stats.add("requests")
             if attempt:
                 self.stats.add("http_retries")
+            wait = None
+            try:
+                reply = self._client().chat.completions.create(
+                    model=self.model,
+                    messages=[{"role": "user", "content": content}],
+                    temperature=self.temperature,
+                    max_tokens=self.max_tokens,
+                )
+                return self._reply_text(reply)
+            except openai.APIStatusError as err:
+                if err.status_code != 429 and err.status_code < 500:
+                    raise LLMJudgeError(
+                        f"chat API {self.url} rejected the request: {err.status_code} "
+                        f"{err.message[:300]}"
+                    ) from None
+                last, wait = f"HTTP {err.status_code}: {err.message[:200]}", retry_after(
+                    err.response.headers
+                )
+            except openai.APITimeoutError:
+                last = f"timed out after {self.timeout} s"
+            except openai.APIConnectionError as err:
+                last = f"connection failed: {err.__cause__ or err}"
+            if attempt < self.retries:
+                time.sleep(wait if wait is not None else self.backoff * 2**attempt)
+        raise LLMJudgeError(f"chat API {self.url} failed after {self.retries + 1} attempts: {last}")
 
+    def _reply_text(self, reply) -> str:
         try:
-            raw = request_json(self.url, body, headers=headers, timeout=self.timeout,
-                               retries=self.retries, backoff=self.backoff, retry_statuses={429},
-                               on_attempt=count)  # fmt: skip
-        except HTTPRejected as err:
-            raise LLMJudgeError(
-                f"chat API {self.url} rejected the request: {err.status} {err.body[:300]}"
-            ) from None
-        except HTTPExhausted as err:
-            raise LLMJudgeError(f"chat API {self.url} {err}") from None
-        return self._reply_text(raw)
-
-    def _reply_text(self, raw: bytes) -> str:
-        try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as err:
+            content = reply.choices[0].message.content
+        except (AttributeError, IndexError, TypeError) as err:
             raise LLMJudgeError(
                 f"chat API {self.url}: expected a chat completion "
-                f"(choices[0].message.content), got {raw[:200]!r} ({err!r})"
+                f"(choices[0].message.content), got {str(reply)[:200]} ({err!r})"
             ) from None
         return content if isinstance(content, str) else ""
 

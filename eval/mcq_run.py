@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
 
 from align.core.config import check_ranges
 from align.core.config import help_field as _help
+from align.core.tracking import (
+    Tracker,
+    check_report_to,
+    project_field,
+    report_to_field,
+    run_name_field,
+)
 from eval.generation import as_engine, encode_prompts, generate_from_ids
 from eval.mcq import (
     OPTIONS,
@@ -75,9 +82,13 @@ class MCQConfig:
         None,
     )
     out: str = _help("Run directory for the report (`align eval mcq`).", "runs/eval-mcq")
+    report_to: list[str] = report_to_field()
+    project: str = project_field()
+    run_name: str | None = run_name_field()
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        self.report_to = check_report_to(self.report_to)
         if not self.data:
             raise ValueError("data: a benchmark folder (holding <split>/*.csv) is required")
         if self.scoring not in SCORINGS:
@@ -202,3 +213,27 @@ def _result(
     for record, out in zip(result.predictions, outputs or []):
         record["output"] = out
     return result
+
+
+#: Questions shown in the trackers' table of sample answers.
+TRACKER_SAMPLES = 32
+
+
+def report_to_trackers(cfg: MCQConfig, results: dict[str, MCQResult]) -> None:
+    """Accuracies (``mcq/<scoring>/{macro,micro,<category>}``, step 0) and, per scoring, a
+    table of the first questions' answers, to the trackers of ``cfg.report_to``."""
+    if not cfg.report_to:
+        return
+    tracker = Tracker.start(cfg.report_to, cfg.out, cfg.project, cfg.run_name, asdict(cfg))
+    for scoring, result in results.items():
+        scalars = {f"mcq/{scoring}/macro": result.macro, f"mcq/{scoring}/micro": result.micro}
+        scalars.update(
+            {f"mcq/{scoring}/{c}": v["accuracy"] for c, v in result.per_category.items()}
+        )
+        tracker.log(scalars, step=0)
+        rows = [
+            {**p, "correct": p["prediction"] == p["answer"]}
+            for p in result.predictions[:TRACKER_SAMPLES]
+        ]
+        tracker.log_samples(rows, step=0, name=f"samples/{scoring}")
+    tracker.finish()

@@ -12,7 +12,7 @@ Several processes / DeepSpeed (every process trains; the main one evaluates and 
 With no config and no model path it runs the tiny world (``align/configs/pei_tiny.yaml``); once a
 model path is given, every input is required (no toy fallback). Any PEIConfig field
 can be overridden: ``--rounds 3 --round_steps 50``. How this departs from the report: the
-numbers it leaves open (tiers, step size, floor, β schedule, stop rule) are METHODS.md's
+numbers it leaves open (tiers, step size, floor, β schedule, stop rule) are docs/methods.md's
 defaults, each a config field (``align pei --show_config``); the reward is measured for RM
 alignment on labelled pairs the user provides (``rm_pairs``; the tiny world's held-out pairs in the
 tiny world).

@@ -11,10 +11,10 @@ Several processes / DeepSpeed ZeRO-3 (config files in recipes/accelerate_configs
 
 Any field of ``SFTRecipeConfig`` (ours or TRL's ``SFTConfig``) can be overridden:
 ``--learning_rate 1e-5 --general_finance_ratio 4``. The loss covers each assistant reply and its
-terminator only (METHODS §6 [S]); the per-category held-out loss is logged each epoch and, with
-``dynamic_mix``, moves the category weights the next epoch is drawn with. How this departs from
-the XuanYuan reports: the controller (relative held-out loss, η 0.3, clamps 0.5-2×) and the
-held-out split are ours [P]; the reports give only the 4 : 1 general : finance mix [S].
+terminator only (docs/methods.md §6 [S]); the per-category held-out loss is logged each epoch and,
+with ``dynamic_mix``, moves the category weights the next epoch is drawn with. How this departs from
+the XuanYuan reports: the controller (relative held-out loss, η 0.3, clamps 0.5-2×) and the held-out
+split are ours [P]; the reports give only the 4 : 1 general : finance mix [S].
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Alignment rate [S] = share of labelled pairs with ``r_c > r_r`` (a tie counts as wrong). The
 score bins split pairs by their mean score ``(r_c + r_r)/2`` into equal-count quantile bins, for
-the confidence-interval filter (METHODS §3: keep bins at least as accurate as the whole).
+the confidence-interval filter (docs/methods.md §3: keep bins at least as accurate as the whole).
 """
 
 from __future__ import annotations
@@ -77,11 +77,13 @@ def evaluate_reward_model(
     n_bins: int = 5,
     model=None,
     tokenizer=None,
+    default_category: str | None = None,
 ) -> dict:
-    """Score every pair of ``data`` (``prefs`` records) with the reward model in ``model_dir``."""
+    """Score every pair of ``data`` (``prefs`` records) with the reward model in ``model_dir``;
+    ``default_category`` fills ``category`` where a record has none."""
     if model is None:
         model, tokenizer = load_reward_model(model_dir)
-    records = list(load_records(data, "prefs"))
+    records = list(load_records(data, "prefs", default_category))
     encoded, stats = encode_pairs(records, tokenizer, chat_format, max_length, use_margin=False)
     chosen, rejected = score_encoded(model, encoded, tokenizer.pad_token_id, batch_size)
     out = summarize(chosen, rejected, encoded["category"], n_bins)

@@ -25,21 +25,24 @@ kept samples only.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import numbers
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from align.core.chat_formats import ChatFormat, get_chat_format
+from align.core.chat_formats import ChatFormat, as_conversation, get_chat_format
 from align.core.data import messages_of
 from align.core.models import load_pretrained
 from rm.errors import RewardError
@@ -47,8 +50,6 @@ from rm.model import last_token_scores, require_safetensors
 from rm.remote import RemoteRewardModel
 from rm.rules import make_rule
 from rm.spec import RewardSpec, as_spec, as_specs
-
-Conversation = list[dict[str, str]]
 
 
 @runtime_checkable
@@ -95,17 +96,6 @@ def check_reward_columns(rewards: Sequence, rows: Sequence[Mapping], source: str
                 f"{source}: column '{column}' missing ({which}; columns: {', '.join(have)}), "
                 f"needed by reward function '{name}'{_where(getattr(reward, 'source', ''))}"
             )
-
-
-def as_conversation(prompt: str | Conversation, completion: str | Conversation) -> Conversation:
-    """One conversation: the prompt's turns followed by the completion's assistant turn(s)."""
-    head = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    tail = (
-        [{"role": "assistant", "content": completion}]
-        if isinstance(completion, str)
-        else list(completion)
-    )
-    return head + tail
 
 
 class RewardTypeError(RewardError, TypeError):
@@ -179,18 +169,69 @@ def _module_from_file(path: Path):
     return module
 
 
+def trl_completions(prompts: Sequence, completions: Sequence) -> list:
+    """Completions as TRL hands them to reward functions: a conversational prompt's text
+    completion becomes ``[{"role": "assistant", "content": text}]``; the rest stay as they are."""
+    return [
+        [{"role": "assistant", "content": c}] if isinstance(p, list) and isinstance(c, str) else c
+        for p, c in zip(prompts, completions, strict=True)
+    ]
+
+
+def is_async_callable(fn: Callable) -> bool:
+    """Whether calling ``fn`` gives a coroutine (an ``async def`` function or ``__call__``)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 (a callable object's async __call__)
+    )
+
+
+def run_coroutine(coro: Coroutine):
+    """Run ``coro`` to completion from synchronous code, in a thread of its own when this
+    thread already runs an event loop (``asyncio.run`` refuses to nest)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 class PythonReward:
-    """Wraps a plain callable (or a ``module:function`` spec) and checks what it returns."""
+    """Wraps a plain callable (or a ``module:function`` spec) and checks what it returns.
+
+    The function is called in TRL's convention: ``prompts``, ``completions`` (conversational for
+    conversational prompts, see :func:`trl_completions`) and every dataset column, plus what the
+    caller offers (PPO: ``completion_ids``, ``trainer_state``). ``async def`` functions are
+    awaited; :func:`score_rewards` awaits several of them concurrently.
+    """
 
     def __init__(self, fn: Callable | str, name: str | None = None) -> None:
         self.spec = f"fn '{fn}'" if isinstance(fn, str) else ""
         self.fn = load_callable(fn) if isinstance(fn, str) else fn
         self.__name__ = name or getattr(self.fn, "__name__", type(self.fn).__name__)
+        self.is_async = is_async_callable(self.fn)
 
     def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:
-        scores = call_reward(self.fn, self.__name__, prompts, completions, columns, self.spec)
+        if self.is_async:
+            return run_coroutine(self.acall(prompts, completions, **columns))
+        trl_style = trl_completions(prompts, completions)
+        scores = call_reward(self.fn, self.__name__, prompts, trl_style, columns, self.spec)
+        return self._checked(scores, len(completions))
+
+    async def acall(self, prompts: list, completions: list, **columns) -> list[float | None]:
+        """Await an ``async def`` reward function (errors worded as :func:`call_reward`'s)."""
+        trl_style = trl_completions(prompts, completions)
+        try:
+            scores = await self.fn(prompts=prompts, completions=trl_style, **columns)
+        except RewardError:
+            raise
+        except Exception as err:
+            raise _raised(self.__name__, self.spec, err) from err
+        return self._checked(scores, len(completions))
+
+    def _checked(self, scores, expected: int) -> list[float | None]:
         scores = _as_list(self.__name__, scores, self.spec)
-        return _check_scores(self.__name__, scores, len(completions), self.spec)
+        return _check_scores(self.__name__, scores, expected, self.spec)
 
 
 def call_reward(
@@ -204,10 +245,14 @@ def call_reward(
     except RewardError:
         raise
     except Exception as err:
-        detail = " ".join(str(err).split()) or "(no message)"
-        raise RewardError(
-            f"reward function '{name}'{_where(source)} raised {type(err).__name__}: {detail}"
-        ) from err
+        raise _raised(name, source, err) from err
+
+
+def _raised(name: str, source: str, err: Exception) -> RewardError:
+    detail = " ".join(str(err).split()) or "(no message)"
+    return RewardError(
+        f"reward function '{name}'{_where(source)} raised {type(err).__name__}: {detail}"
+    )
 
 
 def _as_list(name: str, raw, source: str = "") -> Sequence:
@@ -315,7 +360,18 @@ class LocalRewardModel:
         return torch.cat(out) if out else torch.zeros(0)
 
     def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:
-        scores = self.score_ids(self.encode(prompts, completions))
+        return self._normalized(self.score_ids(self.encode(prompts, completions)))
+
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        """Scores of conversations already rendered to text (OpenRLHF's queries), tokenized as
+        they are and left-truncated like :meth:`encode`."""
+        ids = [
+            self.tokenizer(t, add_special_tokens=False)["input_ids"][-self.max_length :]
+            for t in texts
+        ]
+        return self._normalized(self.score_ids(ids))
+
+    def _normalized(self, scores: torch.Tensor) -> list[float]:
         if self.stats is not None:
             scores = (scores - self.stats["mean"]) / self.stats["std"]
         return scores.tolist()
@@ -439,21 +495,24 @@ def score_rewards(
     completions: list,
     columns: dict,
     normalize: str = "none",
+    extras: Mapping | None = None,
 ) -> RewardScores:
     """Call every component, apply the bad-score policy, weight and sum.
 
     ``normalize``: ``"none"`` (each component as configured by its own ``normalize`` flag),
     ``"components"`` (z-score every component over the kept samples, then the weighted sum) or
     ``"sum"`` (weighted sum, then z-score). A sample any component drops is dropped from all.
+    ``extras``: more keywords for Python reward functions only, as TRL gives them
+    (``completion_ids``, ``trainer_state``).
     """
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize: expected one of {NORMALIZE}, got {normalize!r}")
     n = len(completions)
     kept = torch.ones(n, dtype=torch.bool)
     parts, dropped = {}, {}
+    raws = _call_all(rewards, prompts, completions, columns, extras or {})
     for r in rewards:
-        raw = call_reward(r.fn, r.name, prompts, completions, columns, r.source)
-        parts[r.name], valid = check_scores(r.name, raw, n, r.on_invalid, r.source)
+        parts[r.name], valid = check_scores(r.name, raws[r.name], n, r.on_invalid, r.source)
         dropped[r.name] = int((~valid).sum())
         kept &= valid
     total = torch.zeros(n, dtype=torch.float32)
@@ -466,6 +525,26 @@ def score_rewards(
         total = _zscore(total, kept)
     total = torch.where(kept, total, 0.0)
     return RewardScores(total, parts, kept, dropped)
+
+
+def _call_all(
+    rewards: list[WeightedReward], prompts: list, completions: list, columns: dict, extras: Mapping
+) -> dict[str, object]:
+    """Each component's raw scores by name; ``async def`` Python functions run concurrently."""
+    raws, waiting = {}, []
+    for r in rewards:
+        cols = {**columns, **extras} if isinstance(r.fn, PythonReward) else columns
+        if isinstance(r.fn, PythonReward) and r.fn.is_async:
+            waiting.append((r.name, r.fn.acall(prompts, completions, **cols)))
+        else:
+            raws[r.name] = call_reward(r.fn, r.name, prompts, completions, cols, r.source)
+    if waiting:
+
+        async def together():
+            return await asyncio.gather(*(coro for _, coro in waiting))
+
+        raws.update(zip([name for name, _ in waiting], run_coroutine(together()), strict=True))
+    return raws
 
 
 def combine_rewards(

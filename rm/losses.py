@@ -1,4 +1,4 @@
-"""UFRM losses (METHODS §2) as pure tensor functions (layer 0: torch only).
+"""UFRM losses (docs/methods.md §2) as pure tensor functions (layer 0: torch only).
 
 Shapes: ``N`` preference pairs, ``T`` tokens, ``D`` projection width. Every function computes in
 float32 whatever its inputs' dtype, returns a 0-d tensor, and uses no config objects, no

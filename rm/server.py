@@ -1,6 +1,8 @@
 """The reward server behind ``align rm serve``: a reward function over HTTP (FastAPI + uvicorn).
 
-Speaks the protocol of :mod:`rm.remote` (``POST /score``, ``GET /health``). Concurrent requests
+Speaks the protocol of :mod:`rm.remote` (``POST /score``, ``GET /health``) and, given a scorer of
+rendered texts, OpenRLHF's (``POST /get_reward``: ``{query, prompts, labels}`` → ``{rewards,
+scores, extra_logs}``, each query scored as the text it is). Concurrent requests
 are batched: one worker scores whatever requests are waiting when the previous batch finishes (up
 to ``max_batch`` samples; a larger request is scored alone), in a thread so the event loop keeps
 accepting connections. Each request gets its own scores back, in its own order.
@@ -120,6 +122,27 @@ def parse_request(body: bytes, max_items: int) -> tuple[list, list, dict, object
         if not isinstance(column, list) or len(column) != len(prompts):
             raise BadRequest(f"metadata '{key}' must be a list of {len(prompts)} values")
     return prompts, completions, metadata, request.get("id")
+
+
+def parse_openrlhf_request(body: bytes, max_items: int) -> list[str]:
+    """The ``query`` texts of an OpenRLHF ``/get_reward`` body, or :class:`BadRequest`.
+
+    ``prompts`` and ``labels`` are accepted (OpenRLHF always sends them) but a reward model
+    scores the whole query, as OpenRLHF's own reward server does.
+    """
+    request = decode_json(body)
+    if not isinstance(request, dict):
+        raise BadRequest("the body must be a JSON object")
+    queries = request.get("query")
+    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+        raise BadRequest("'query' must be a list of strings (prompt + answer, rendered)")
+    if len(queries) > max_items:
+        raise BadRequest(f"{len(queries)} samples, at most {max_items} per request", 413)
+    for key in ("prompts", "labels"):
+        value = request.get(key)
+        if value is not None and (not isinstance(value, list) or len(value) != len(queries)):
+            raise BadRequest(f"'{key}' must be a list of {len(queries)} values")
+    return queries
 
 
 @dataclass
@@ -243,6 +266,55 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass
+class _Guard:
+    """What every scoring endpoint checks: the token, the body size and the sample count."""
+
+    token: str | None
+    max_request_bytes: int
+    max_items: int
+    stats: Stats
+
+    async def handle(self, request, parse: Callable, batcher: Batcher, respond: Callable):
+        """Authorize, read and parse a body into ``(prompts, completions, metadata, id)``, score
+        it in ``batcher`` and answer ``respond(scores, id)``; errors as 401/4xx/500 + reason."""
+        from fastapi.responses import JSONResponse  # lazy: fastapi loads only to serve
+
+        if not _authorized(request.headers.get("authorization"), self.token):
+            self.stats.rejected += 1
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        try:
+            body = await _read_body(request, self.max_request_bytes)
+            prompts, completions, metadata, request_id = parse(body, self.max_items)
+        except BadRequest as err:
+            self.stats.rejected += 1
+            return JSONResponse({"error": str(err)}, status_code=err.status)
+        try:
+            scores = await batcher.submit(prompts, completions, metadata) if prompts else []
+        except Exception as err:
+            return JSONResponse({"error": f"scoring failed: {err}"}, status_code=500)
+        self.stats.requests += 1
+        self.stats.samples += len(prompts)
+        return respond(scores, request_id)
+
+
+def _align_answer(scores: list, request_id) -> dict:
+    answer = {"scores": scores}
+    if request_id is not None:
+        answer["id"] = request_id
+    return answer
+
+
+def _openrlhf_job(body: bytes, max_items: int) -> tuple[list, list, dict, None]:
+    """An OpenRLHF body as a job of the text scorer: the queries ride as completions."""
+    queries = parse_openrlhf_request(body, max_items)
+    return [""] * len(queries), queries, {}, None
+
+
+def _openrlhf_answer(scores: list, request_id) -> dict:
+    return {"rewards": scores, "scores": scores, "extra_logs": {}}
+
+
 def create_app(
     score: Callable,
     token: str | None = None,
@@ -250,19 +322,27 @@ def create_app(
     max_request_bytes: int = 1 << 20,
     max_items: int = 1024,
     info: dict | None = None,
+    score_text: Callable[[list[str]], list] | None = None,
 ):
-    """A FastAPI app serving ``score`` (a TRL ``reward_funcs`` callable)."""
+    """A FastAPI app serving ``score`` (a TRL ``reward_funcs`` callable) at ``/score`` and, when
+    given, ``score_text`` (rendered texts → scores) at OpenRLHF's ``/get_reward``."""
     from fastapi import FastAPI, Request  # lazy: fastapi loads only to serve
-    from fastapi.responses import JSONResponse  # lazy: as above
 
     stats = Stats(extra=dict(info or {}))
+    guard = _Guard(token, max_request_bytes, max_items, stats)
     batcher = Batcher(score, max_batch, stats)
+    batchers = [batcher]
+    if score_text is not None:  # queries ride in the completions slot of a batch
+        texts = Batcher(lambda prompts, completions: score_text(completions), max_batch, stats)
+        batchers.append(texts)
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher.start()
+        for b in batchers:
+            b.start()
         yield
-        await batcher.stop()
+        for b in batchers:
+            await b.stop()
 
     app = FastAPI(title="align reward server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.stats = stats
@@ -277,25 +357,13 @@ def create_app(
 
     @app.post("/score")
     async def score_endpoint(request: Request):
-        if not _authorized(request.headers.get("authorization"), token):
-            stats.rejected += 1
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-        try:
-            body = await _read_body(request, max_request_bytes)
-            prompts, completions, metadata, request_id = parse_request(body, max_items)
-        except BadRequest as err:
-            stats.rejected += 1
-            return JSONResponse({"error": str(err)}, status_code=err.status)
-        try:
-            scores = await batcher.submit(prompts, completions, metadata) if prompts else []
-        except Exception as err:
-            return JSONResponse({"error": f"scoring failed: {err}"}, status_code=500)
-        stats.requests += 1
-        stats.samples += len(prompts)
-        answer = {"scores": scores}
-        if request_id is not None:
-            answer["id"] = request_id
-        return answer
+        return await guard.handle(request, parse_request, batcher, _align_answer)
+
+    if score_text is not None:
+
+        @app.post("/get_reward")
+        async def openrlhf_endpoint(request: Request):
+            return await guard.handle(request, _openrlhf_job, texts, _openrlhf_answer)
 
     return app
 

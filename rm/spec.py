@@ -26,7 +26,10 @@ COMMON = ("type", "weight", "name", "on_invalid", "normalize")
 OPTIONS = {
     "python": ("fn",),
     "model": ("path", "chat_format", "batch_size", "max_length", "trust_remote_code"),
-    "http": ("url", "token", "token_env", "batch_size", "timeout", "retries", "backoff", "columns"),
+    "http": (
+        "url", "token", "token_env", "batch_size", "timeout", "retries", "backoff", "columns",
+        "protocol", "chat_format", "tokenizer", "label_column",
+    ),
     "rule": ("rule", "max_chars", "min_chars", "coef", "pattern", "penalty"),
 }
 REQUIRED = {"python": "fn", "model": "path", "http": "url", "rule": "rule"}
@@ -66,7 +69,10 @@ class RewardSpec:
     )
     fn: str | None = help_field("python: 'package.module:function' or 'path/file.py:function'.")
     path: str | None = help_field("model: reward model directory (HF format, safetensors).")
-    chat_format: str | None = help_field("model: chat format it reads; none = hf.")
+    chat_format: str | None = help_field(
+        "model: chat format it reads; none = hf. http openrlhf: format its queries are rendered "
+        "in; none = the text prompt and answer joined."
+    )
     batch_size: int | None = help_field("model, http: samples per call; none = 16 / 64.")
     max_length: int | None = help_field("model: tokens kept per sample; none = 1024.")
     trust_remote_code: bool | None = help_field("model: run the directory's code; none = false.")
@@ -77,6 +83,14 @@ class RewardSpec:
     retries: int | None = help_field("http: retries of a failed request; none = 3.")
     backoff: float | None = help_field("http: seconds before the first retry; none = 0.5.")
     columns: list[str] | None = help_field("http: dataset columns sent as metadata.")
+    protocol: Literal["align", "openrlhf"] | None = help_field(
+        "http: align ({prompts, completions} → {scores}, /score) or openrlhf ({query, prompts, "
+        "labels} → {rewards}, e.g. /get_reward); none = align."
+    )
+    tokenizer: str | None = help_field(
+        "http openrlhf: tokenizer directory whose chat template renders queries (chat_format hf)."
+    )
+    label_column: str | None = help_field("http openrlhf: dataset column sent as labels.")
     rule: str | None = help_field("rule: tiny, mcq, length or format.")
     max_chars: int | None = help_field("rule length: longest answer without penalty.")
     min_chars: int | None = help_field("rule length: shortest answer without penalty; none = 0.")

@@ -1,4 +1,4 @@
-"""UFRM: two-stage reward-model training on TRL's ``RewardTrainer`` (METHODS §2).
+"""UFRM: two-stage reward-model training on TRL's ``RewardTrainer`` (docs/methods.md §2).
 
 The model is ``AutoModelForSequenceClassification(num_labels=1)``: the LM body plus a linear
 ``score`` head on the last hidden layer, read at the last attended token. :class:`UFRMTrainer`
@@ -41,6 +41,12 @@ from align.core.data import load_records, messages_of
 from align.core.distributed import plain_ddp_without_cuda
 from align.core.models import load_pretrained, model_init_options
 from align.core.tensors import gather_last
+from align.core.tracking import (
+    default_run_name,
+    finish_trainer_trackers,
+    point_trainer_trackers,
+    project_field,
+)
 from rm.losses import (
     bt_loss,
     info_nce_loss,
@@ -73,6 +79,7 @@ class UFRMConfig(RewardConfig):
     output_dir: str = _help(
         "Run directory: stage1/, stage2/, config.yaml, summary.json, report.md.", "runs/ufrm"
     )
+    project: str = project_field()  # transformers' default: huggingface
     model: str | None = _help(
         "Sequence-classification backbone (directory); none = the tiny world's reward model (and "
         "its preferences for the data left empty); once given, train_data is required.",
@@ -88,6 +95,10 @@ class UFRMConfig(RewardConfig):
     )
     stage2_data: str | None = _help(
         "Stage-2 (financial) preference records; none = one stage only [S: two stages].", None
+    )
+    default_category: str | None = _help(
+        "Category of preference records that carry none (none: every record must carry one).",
+        None,
     )
     stage2_learning_rate: float | None = _help(
         "Stage-2 learning rate; none = 0.5 × learning_rate.", None, ge=0
@@ -377,6 +388,7 @@ def _mix_replay(stage2: Dataset, stage1: Dataset, share: float, seed: int) -> Da
 
 def _stage_args(config: UFRMConfig, stage: int, out: Path) -> UFRMConfig:
     changes = {"output_dir": str(out), "save_strategy": "no", "disable_dropout": True}
+    changes["run_name"] = f"{default_run_name(config.run_name, config.output_dir)}/stage{stage}"
     if stage == 2:
         changes["learning_rate"] = config.stage2_learning_rate or 0.5 * config.learning_rate
         changes["num_train_epochs"] = config.stage2_epochs or config.num_train_epochs
@@ -401,6 +413,7 @@ def train_stage(
     Trainer's own tqdm bar.
     """
     args = _stage_args(config, stage, out)
+    point_trainer_trackers(args, config.output_dir)  # <stage>/tensorboard, <out>/wandb, names
     trainer = UFRMTrainer(
         model=model,
         args=args,
@@ -411,6 +424,7 @@ def train_stage(
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(progress)
     result = trainer.train()
+    finish_trainer_trackers(args)  # one wandb run per stage
     stats = None
     if trainer.accelerator.is_main_process:
         chosen, rejected = score_encoded(
@@ -466,7 +480,7 @@ def run_ufrm(config: UFRMConfig, evaluate_fn=None, progress: TrainerCallback | N
 def _load_encoded(config: UFRMConfig, path, tokenizer) -> tuple[Dataset, EncodeStats]:
     if path is None:
         raise ValueError("train_data: expected a preference file")
-    records = list(load_records(path, "prefs"))
+    records = list(load_records(path, "prefs", config.default_category))
     return encode_pairs(
         records, tokenizer, config.chat_format, config.max_length, config.use_margin
     )

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
 import torch
+
+#: Bearer token of the test reward server (``reward_server`` fixture).
+TOKEN = "test-token-0123"
 
 #: accelerate config of the 2-process ZeRO-3 CPU launches, fp32 (no mixed precision).
 ZERO3_FP32 = """\
@@ -61,3 +71,37 @@ def chat_prompt_ids(world, tokenizer, n: int) -> list[list[int]]:
         tokenizer.apply_chat_template(messages_of(r), add_generation_prompt=True)["input_ids"]
         for r in rows
     ]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(base: str, proc: subprocess.Popen, log_path: str, seconds: float = 90) -> None:
+    """Wait until ``base/health`` answers; an error naming the log if ``proc`` exits first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"reward server exited with {proc.returncode} (log: {log_path})")
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"reward server at {base} did not come up in {seconds} s")
+
+
+def raw_post(url: str, body: bytes, token: str | None = TOKEN) -> tuple[int, dict]:
+    """``(status, decoded JSON answer)`` of POSTing ``body`` (with the bearer ``token``)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())

@@ -112,7 +112,7 @@ class DataBucketConfig:
         metadata={"help": "Directory for bucket-<L>.parquet shards and metrics.json."}
     )
     bucketing: BucketConfig = help_field(
-        "Bucket lengths and composition (METHODS §5).", factory=BucketConfig
+        "Bucket lengths and composition (docs/methods.md §5).", factory=BucketConfig
     )
     tokenizer: str | None = help_field("Tokenizer directory for a 'text' column.", None)
     add_eos: bool = help_field("Append EOS to each tokenized text document.", True)
@@ -123,7 +123,7 @@ class DataBucketConfig:
 
 
 def run_data_bucket(cfg: DataBucketConfig, invocation: Invocation) -> None:
-    """Compose documents into multi-bucket instances (greedy, METHODS §5); write per-bucket
+    """Compose documents into multi-bucket instances (greedy, docs/methods.md §5); write per-bucket
     shards and the padding / truncation / concatenation ratios beside the fixed-length
     baseline at each bucket length."""
     check_output_dir(cfg.out, "out")  # before reading and tokenizing the documents
@@ -158,8 +158,8 @@ data_bucket = config_command(
     "bucket",
     lambda: DataBucketConfig,
     run_data_bucket,
-    help="Compose documents into multi-bucket instances (greedy, METHODS §5); write per-bucket "
-    "shards and the padding / truncation / concatenation ratios beside the fixed-length "
+    help="Compose documents into multi-bucket instances (greedy, docs/methods.md §5); write "
+    "per-bucket shards and the padding / truncation / concatenation ratios beside the fixed-length "
     "baseline at each bucket length.",
     path=["data", "bucket"],
 )

@@ -78,7 +78,7 @@ def run_eval_mcq(cfg, invocation: Invocation) -> None:
     """Exam accuracy per category, macro and micro averages (FinanceIQ / CMMLU / C-Eval CSVs)."""
     # lazy: these load torch/transformers/matplotlib, kept off 'align --help'
     from eval.gsb_run import load_policy
-    from eval.mcq_run import build_prompts, evaluate_mcq
+    from eval.mcq_run import build_prompts, evaluate_mcq, report_to_trackers
     from eval.report import mcq_section, write_report
 
     data, out = Path(cfg.data), Path(cfg.out)
@@ -93,6 +93,7 @@ def run_eval_mcq(cfg, invocation: Invocation) -> None:
     setup = {"policy": str(policy_dir), "data": str(data), "split": cfg.split, "shots": cfg.shots}
     section = mcq_section(results, out, extra=setup)
     write_report(out, [section], title=f"MCQ: {data.name}/{cfg.split}, {cfg.shots}-shot")
+    report_to_trackers(cfg, results)
     console = Console()
     for name, result in results.items():
         console.print(result.to_markdown(f"scoring: {name}"), markup=False, highlight=False)

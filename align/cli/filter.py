@@ -1,4 +1,4 @@
-"""``align filter``: confidence-interval filtering of prompts (METHODS §3).
+"""``align filter``: confidence-interval filtering of prompts (docs/methods.md §3).
 
 Generated from :class:`align.filter.run.FilterConfig` (:mod:`align.cli.config_command`) and
 registered in ``align/cli/app.py``.

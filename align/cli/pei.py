@@ -49,7 +49,8 @@ def _run_with_progress(cfg):
 
         def ppo_step(k: int, step: int, total: int, m: dict) -> None:
             if k not in tasks:
-                tasks[k] = bar.add_task(f"round {k} PPO", total=total, info="")
+                label = "baseline PPO" if k < 0 else f"round {k} PPO"  # k = -1: the baseline
+                tasks[k] = bar.add_task(label, total=total, info="")
             info = f"score {m['objective/scores']:+.3f}  kl {m['objective/kl']:.3f}"
             bar.update(tasks[k], completed=step, info=info)
 

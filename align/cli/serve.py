@@ -68,7 +68,8 @@ class ServeConfig:
 
 def run_serve(cfg: ServeConfig, invocation: Invocation) -> None:
     """Serve a reward model: POST /score {prompts, completions[, metadata]} → {scores};
-    GET /health."""
+    POST /get_reward {query, prompts, labels} → {rewards, scores, extra_logs} (OpenRLHF's
+    remote reward protocol); GET /health."""
     # lazy: rm.functions loads torch/transformers and rm.server asyncio (+15% on 'align --help')
     from rm.functions import LocalRewardModel
     from rm.server import create_app
@@ -99,9 +100,11 @@ def run_serve(cfg: ServeConfig, invocation: Invocation) -> None:
         max_request_bytes=cfg.max_request_bytes,
         max_items=cfg.max_items,
         info=info,
+        score_text=scorer.score_texts,
     )
     console.print(
-        f"serving {model} on http://{cfg.host}:{cfg.port}/score (health: /health)",
+        f"serving {model} on http://{cfg.host}:{cfg.port}/score (OpenRLHF's protocol: "
+        "/get_reward; health: /health)",
         soft_wrap=True,
     )
     run(app, host=cfg.host, port=cfg.port)
@@ -112,6 +115,6 @@ serve_command = config_command(
     lambda: ServeConfig,
     run_serve,
     help="Serve a reward model: POST /score {prompts, completions[, metadata]} → {scores}; "
-    "GET /health.",
+    "POST /get_reward {query, prompts, labels} → {rewards} (OpenRLHF's); GET /health.",
     path=["rm", "serve"],
 )

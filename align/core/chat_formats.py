@@ -1,8 +1,9 @@
 """Chat formats carried as Jinja chat templates.
 
 A format is a chat template. Engines and reward models only ever call ``apply_chat_template``;
-this module supplies the templates of the XuanYuan and Ziya2 models (exact strings: METHODS §7)
-and finds which characters and tokens of a rendered conversation the assistant wrote.
+this module supplies the templates of the XuanYuan and Ziya2 models (exact strings:
+docs/methods.md §7) and finds which characters and tokens of a rendered conversation the
+assistant wrote.
 :func:`save_tokenizer` saves a tokenizer carrying a run's format as its chat template.
 
 Rendered strings, ``q``/``a`` for user/assistant turns::
@@ -163,6 +164,20 @@ FORMATS: dict[str, ChatFormat] = {
     "ziya2": ChatFormat("ziya2", ZIYA2_TEMPLATE),
     "hf": ChatFormat("hf", None),
 }
+
+
+def as_conversation(
+    prompt: str | Sequence[Message], completion: str | Sequence[Message]
+) -> list[Message]:
+    """One conversation: the prompt's turns (a string is one user turn) followed by the
+    completion's assistant turn(s) (a string is one assistant turn)."""
+    head = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    tail = (
+        [{"role": "assistant", "content": completion}]
+        if isinstance(completion, str)
+        else list(completion)
+    )
+    return head + tail
 
 
 def get_chat_format(name: str) -> ChatFormat:

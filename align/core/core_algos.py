@@ -20,7 +20,12 @@ Contents
     shape_rewards                                        per-token rewards: -beta*KL + score
     last_token_index                                     (from align.core.tensors)
     gae                                                  generalised advantage estimation
-    policy_loss, value_loss, aggregate                   clipped PPO losses and token averaging
+    discounted_returns, add_final_score                  REINFORCE returns of per-token rewards
+    grpo_scores, rloo_scores, group_mean_baseline        group-relative scores (GRPO, RLOO)
+    ADVANTAGE_ESTIMATORS, AdvantageEstimator             estimators by name (gae, grpo, rloo, ...)
+    explained_variance                                   critic diagnostics
+    policy_loss, value_loss, aggregate, LOSS_AGG_MODES   clipped PPO losses and their averaging
+    truncated_is_weights                                 TIS weights for engine/trainer mismatch
     entropy_from_logits, logprobs_from_logits            float32 log-softmax helpers
     FixedKLController, AdaptiveKLController              KL coefficient schedules
     RunningMoments                                       running mean/std of reward scores
@@ -35,12 +40,23 @@ References
     k1/k2/k3 KL estimators: J. Schulman, "Approximating KL Divergence" (2020),
         http://joschu.net/blog/kl-approx.html.
     Clipped surrogate and value clipping: Schulman et al. 2017, arXiv 1707.06347; defaults as in
-        DeepSpeed-Chat (gamma 1, lambda 0.95, clip 0.2), see METHODS.md section 1.
+        DeepSpeed-Chat (gamma 1, lambda 0.95, clip 0.2), see docs/methods.md section 1.
+    GRPO: Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300, section 4.1.2 (outcome supervision).
+    Dr. GRPO: Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective",
+        arXiv 2503.20783 (no std division; token sums over a constant length).
+    RLOO: Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for
+        Learning from Human Feedback in LLMs", arXiv 2402.14740.
+    REINFORCE++: J. Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large
+        Language Models", arXiv 2501.03262 (and OpenRLHF's ``reinforce`` / ``reinforce_baseline``).
+    Clip-higher: Yu et al. 2025, "DAPO", arXiv 2503.14476.
+    Truncated importance sampling: Yao et al. 2025, "Your Efficient RL Framework Secretly Brings
+        You Off-Policy RL Training" (fengyao.notion.site/off-policy-rl).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,14 +65,22 @@ from torch import Tensor
 from align.core.tensors import last_token_index
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "KL_ESTIMATORS",
+    "LOSS_AGG_MODES",
     "MAX_LOG_RATIO",
     "AdaptiveKLController",
+    "AdvantageEstimator",
     "FixedKLController",
     "RunningMoments",
+    "add_final_score",
     "aggregate",
+    "discounted_returns",
     "entropy_from_logits",
+    "explained_variance",
     "gae",
+    "group_mean_baseline",
+    "grpo_scores",
     "kl_k1",
     "kl_k2",
     "kl_k3",
@@ -69,7 +93,9 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "policy_loss",
+    "rloo_scores",
     "shape_rewards",
+    "truncated_is_weights",
     "value_loss",
 ]
 
@@ -248,10 +274,7 @@ def shape_rewards(
         beta_t = beta_t.unsqueeze(-1)
     if score_clip is not None:
         scores = scores.clamp(min=-score_clip, max=score_clip)
-    rewards = -beta_t * _zero_masked(kl, mask)
-    index = last_token_index(mask).unsqueeze(-1)
-    bonus = torch.zeros_like(rewards).scatter(1, index, scores.to(rewards.dtype).unsqueeze(-1))
-    return _zero_masked(rewards + bonus, mask)
+    return add_final_score(-beta_t * _zero_masked(kl, mask), scores, mask)
 
 
 def gae(
@@ -289,6 +312,181 @@ def gae(
     return adv, _zero_masked(adv + v, mask)
 
 
+# --------------------------------------------------------------------------- critic-free estimators
+
+
+def add_final_score(token_rewards: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
+    """``token_rewards`` plus each row's sequence score at its last valid token.
+
+    Shapes: ``token_rewards`` [B, T], ``scores`` [B], ``mask`` [B, T] -> [B, T]; 0 at masked
+    positions, and a row with no valid token gets no score.
+    """
+    index = last_token_index(mask).unsqueeze(-1)
+    score = scores.to(token_rewards.dtype).unsqueeze(-1)
+    bonus = torch.zeros_like(token_rewards).scatter(1, index, score)
+    return _zero_masked(_zero_masked(token_rewards, mask) + bonus, mask)
+
+
+def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """Reward-to-go ``G_t = r_t + gamma * G_{t+1}`` of per-token rewards (REINFORCE returns).
+
+    Shapes: ``rewards`` [B, T], ``mask`` [B, T] -> [B, T], 0 at masked positions;
+    ``G_{t+1} := 0`` after the last valid token. This is :func:`gae` with ``V = 0`` and
+    ``lam = 1``, and it is computed that way (float32 or better).
+    """
+    return gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[0]
+
+
+def _groups(scores: Tensor, valid: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
+    """``(scores, valid)`` as ``[G, group_size]`` (float scores 0 where not valid).
+
+    Rows ``g * group_size ... (g + 1) * group_size - 1`` are the answers to prompt ``g``, the
+    order :meth:`rollouts.base.RolloutEngine.generate` returns them in.
+    """
+    if group_size < 1 or scores.shape[0] % group_size:
+        raise ValueError(
+            f"group_size: expected a divisor of the {scores.shape[0]} scores, got {group_size}"
+        )
+    dtype = torch.promote_types(scores.dtype, torch.float32)
+    ok = valid.reshape(-1, group_size).to(torch.bool)
+    s = scores.to(dtype).reshape(-1, group_size)
+    return torch.where(ok, s, torch.zeros((), dtype=dtype, device=s.device)), ok
+
+
+def _group_centred(scores: Tensor, valid: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(score - group mean, valid, n valid)`` of each group, ``[G, n]``, ``[G, n]``, ``[G, 1]``;
+    the mean is over the group's valid answers, and the centred score is 0 where not valid."""
+    s, ok = _groups(scores, valid, group_size)
+    count = ok.sum(dim=1, keepdim=True).to(s.dtype)
+    mean = s.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    return torch.where(ok, s - mean, torch.zeros((), dtype=s.dtype, device=s.device)), ok, count
+
+
+def group_mean_baseline(scores: Tensor, valid: Tensor, group_size: int) -> Tensor:
+    """Each score minus the mean score of its group: Dr. GRPO's advantage (Liu et al. 2025,
+    eq. 3: GRPO without the std division) and REINFORCE++-baseline's shaped score.
+
+    Shapes: ``scores`` [B], ``valid`` [B] bool (False = a dropped answer: left out of the mean,
+    output 0), ``group_size`` n dividing B -> [B].
+    """
+    centred, _, _ = _group_centred(scores, valid, group_size)
+    return centred.reshape(-1)
+
+
+def grpo_scores(scores: Tensor, valid: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+    """GRPO's outcome advantage ``(r_i - mean(r)) / (std(r) + eps)`` within each group
+    (Shao et al. 2024, DeepSeekMath section 4.1.2; verl's ``grpo``, OpenRLHF's ``group_norm``).
+
+    Shapes: ``scores`` [B], ``valid`` [B] bool, ``group_size`` n dividing B -> [B]. ``std`` is
+    the unbiased (n - 1) standard deviation of the group's valid answers, as ``torch.std`` in
+    verl and OpenRLHF; ``eps`` = 1e-6 as verl. A group whose answers all score the same, or
+    with one valid answer, gives 0. Dropped answers are left out and get 0.
+    """
+    centred, _, count = _group_centred(scores, valid, group_size)
+    var = (centred**2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)
+    return (centred / (var.sqrt() + eps)).reshape(-1)
+
+
+def rloo_scores(scores: Tensor, valid: Tensor, group_size: int) -> Tensor:
+    """RLOO: each score minus the mean of the *other* answers to its prompt (Ahmadian et al.
+    2024, eq. 8; OpenRLHF's ``rloo``): ``r_i - (sum_j r_j - r_i) / (n - 1)``.
+
+    Shapes: ``scores`` [B], ``valid`` [B] bool, ``group_size`` n dividing B -> [B]. Only valid
+    answers count (n = the group's valid answers); equal to ``n / (n - 1)`` times
+    :func:`group_mean_baseline`. A group with one valid answer has no baseline: 0.
+    """
+    centred, _, count = _group_centred(scores, valid, group_size)
+    scale = torch.where(count > 1, count / (count - 1).clamp(min=1), torch.zeros_like(count))
+    return (centred * scale).reshape(-1)
+
+
+#: ``(scores [B], valid [B], group_size) -> [B]``: the score a critic-free estimator credits.
+ScoreTransform = Callable[[Tensor, Tensor, int], Tensor]
+
+
+def _raw_scores(scores: Tensor, valid: Tensor, group_size: int) -> Tensor:
+    """REINFORCE++ credits the score itself (the global whitening is its baseline)."""
+    return torch.where(valid.to(torch.bool), scores, torch.zeros_like(scores))
+
+
+def _critic_free(transform: ScoreTransform) -> Callable[..., tuple[Tensor, None]]:
+    """An estimator that credits ``transform(scores)`` at the last token, adds the per-token
+    KL rewards and returns the reward-to-go (:func:`discounted_returns`) as the advantage."""
+
+    def estimate(scores, kl_rewards, values, mask, *, group_size, gamma, lam):
+        valid = _valid(mask).any(dim=1)
+        credited = transform(scores, valid, group_size)
+        return discounted_returns(add_final_score(kl_rewards, credited, mask), mask, gamma), None
+
+    return estimate
+
+
+def _gae_estimator(scores, kl_rewards, values, mask, *, group_size, gamma, lam):
+    """GAE over ``kl_rewards`` plus the score at the last token, with the critic's values."""
+    if values is None:
+        raise ValueError("gae needs the critic's values")
+    return gae(add_final_score(kl_rewards, scores, mask), values, mask, gamma, lam)
+
+
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """One entry of :data:`ADVANTAGE_ESTIMATORS`.
+
+    ``estimate(scores [B], kl_rewards [B, T], values [B, T] | None, mask [B, T], *, group_size,
+    gamma, lam) -> (advantages [B, T], returns [B, T] | None)``: ``kl_rewards`` are the
+    per-token rewards without the score (``-beta * KL_t``), ``scores`` the (clipped or
+    normalised) sequence scores, ``values`` the critic's (None when ``needs_critic`` is False),
+    ``returns`` the value targets (None without a critic). ``whiten``: True = the advantages
+    are whitened over the whole batch (every process) by the definition; False = never (the
+    group is the baseline); None = as the trainer's ``whiten_advantages`` says. ``grouped``:
+    needs the ``group_size`` answers of each prompt side by side (``group_size >= 2``).
+    """
+
+    estimate: Callable[..., tuple[Tensor, Tensor | None]]
+    needs_critic: bool
+    whiten: bool | None
+    grouped: bool
+
+
+#: Advantage estimators by name (``PPOConfig.advantage_estimator``). The critic-free ones
+#: credit a transformed score at the last token, add the per-token KL rewards and take the
+#: reward-to-go as the advantage, as OpenRLHF 0.11 does for ``rloo``, ``group_norm``,
+#: ``dr_grpo``, ``reinforce`` and ``reinforce_baseline``; with ``beta = 0`` and ``gamma = 1``
+#: the grouped ones give every token the group-relative score, as verl's outcome advantages.
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
+    "gae": AdvantageEstimator(_gae_estimator, needs_critic=True, whiten=None, grouped=False),
+    "grpo": AdvantageEstimator(_critic_free(grpo_scores), False, whiten=False, grouped=True),
+    "dr_grpo": AdvantageEstimator(
+        _critic_free(group_mean_baseline), False, whiten=False, grouped=True
+    ),
+    "rloo": AdvantageEstimator(_critic_free(rloo_scores), False, whiten=False, grouped=True),
+    "reinforce_pp": AdvantageEstimator(
+        _critic_free(_raw_scores), False, whiten=True, grouped=False
+    ),
+    "reinforce_pp_baseline": AdvantageEstimator(
+        _critic_free(group_mean_baseline), False, whiten=True, grouped=True
+    ),
+}
+
+
+def explained_variance(
+    values: Tensor, returns: Tensor, mask: Tensor, reduce: Reduce | None = None
+) -> Tensor:
+    """``1 - Var(R - V) / Var(R)`` over valid tokens: 1 = the critic predicts the returns,
+    0 = no better than their mean, < 0 = worse. NaN when the returns do not vary.
+
+    Shapes: ``values`` [B, T], ``returns`` [B, T], ``mask`` [B, T] -> scalar (float32 or
+    better). Population variances; with ``reduce`` those of every shard (see
+    :func:`masked_moments`).
+    """
+    dtype = torch.promote_types(torch.promote_types(values.dtype, returns.dtype), torch.float32)
+    v, r = values.detach().to(dtype), returns.detach().to(dtype)
+    var_r = masked_moments(r, mask, unbiased=False, reduce=reduce)[1]
+    var_err = masked_moments(r - v, mask, unbiased=False, reduce=reduce)[1]
+    nan = torch.full((), float("nan"), dtype=dtype, device=var_r.device)
+    return torch.where(var_r > 0, 1 - var_err / torch.where(var_r > 0, var_r, 1), nan)
+
+
 # --------------------------------------------------------------------------- losses
 
 
@@ -312,17 +510,22 @@ def policy_loss(
     mask: Tensor,
     clip_eps: float = 0.2,
     dual_clip: float | None = None,
+    clip_eps_high: float | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token PPO clipped surrogate loss.
 
     Shapes: ``logprobs``, ``old_logprobs``, ``advantages``, ``mask`` all [B, T] -> (loss [B, T],
-    stats of scalar tensors). ``loss = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))`` with
+    stats of scalar tensors). ``loss = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps_high))``
+    (``eps_high = clip_eps_high``, default ``clip_eps``: a larger one is DAPO's clip-higher,
+    Yu et al. 2025) with
     ``ratio = exp(clamp(logp - logp_old, -MAX_LOG_RATIO, MAX_LOG_RATIO))`` (as in verl; without
     the clamp a log-ratio above ~88 overflows float32 and the gradient is NaN while the loss is
     finite); with ``dual_clip = c > 1`` the loss of tokens with ``A < 0`` is further capped at
     ``-c * A`` (Ye et al., arXiv 1912.09729). 0 at masked positions. ``old_logprobs`` and
     ``advantages`` are treated as constants (detached). A token whose log-ratio is beyond the
-    bound gets no gradient.
+    bound gets no gradient. ``is_weights`` [B, T] (detached), e.g. :func:`truncated_is_weights`,
+    multiply each token's loss after the clipping (Yao et al. 2025).
 
     Stats (masked means, detached): ``clipfrac`` (share of tokens whose clipped branch is active,
     strictly), ``approxkl`` (``0.5 * mean((logp - logp_old)^2)``), ``ratio`` (mean ratio), and
@@ -335,11 +538,14 @@ def policy_loss(
     log_ratio = log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + high)
     loss = torch.maximum(unclipped, clipped)
     stats: dict[str, Tensor] = {}
     if dual_clip is not None:
         loss, stats["dual_clipfrac"] = _dual_clip(loss, adv, dual_clip, valid)
+    if is_weights is not None:
+        loss = loss * _zero_masked(is_weights.detach(), valid)
     stats["clipfrac"] = masked_mean((clipped > unclipped).to(loss.dtype), valid)
     stats["approxkl"] = 0.5 * masked_mean(log_ratio**2, valid)
     stats["ratio"] = masked_mean(ratio, valid)
@@ -377,17 +583,75 @@ def value_loss(
     return _zero_masked(0.5 * loss, valid), stats
 
 
-def aggregate(per_token: Tensor, mask: Tensor, num_tokens: Tensor | float | None = None) -> Tensor:
-    """Token-mean of a per-token loss: ``masked_sum(per_token, mask) / num_tokens``.
+#: Loss aggregation modes of :func:`aggregate` (``PPOConfig.loss_agg_mode``).
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
-    Shapes: ``per_token`` [B, T], ``mask`` [B, T] -> scalar. ``num_tokens`` defaults to the
-    number of valid tokens here (clamped at 1). Pass the token count of the whole minibatch
-    (all micro-batches, all ranks) so that summing the micro-batch losses, or accumulating
-    their gradients, equals the loss of the minibatch taken at once.
+
+def aggregate(
+    per_token: Tensor,
+    mask: Tensor,
+    num_tokens: Tensor | float | None = None,
+    mode: str = "token-mean",
+    num_seqs: Tensor | float | None = None,
+    norm_length: float | None = None,
+) -> Tensor:
+    """Average of a per-token loss, in one of :data:`LOSS_AGG_MODES`.
+
+    Shapes: ``per_token`` [B, T], ``mask`` [B, T] -> scalar.
+
+    - ``token-mean``: ``sum of valid tokens / num_tokens`` (every token weighs the same; long
+      answers weigh more).
+    - ``seq-mean-token-mean``: ``sum over rows of (row's token mean) / num_seqs`` (every answer
+      weighs the same; GRPO as published, eq. 3 of Shao et al. 2024).
+    - ``seq-mean-token-sum-norm``: ``sum over rows of (row's token sum) / (num_seqs *
+      norm_length)`` with a constant ``norm_length`` (Dr. GRPO, Liu et al. 2025: no length
+      bias).
+
+    ``num_tokens`` / ``num_seqs`` default to the valid tokens / rows with a valid token here
+    (clamped at 1); pass those of the whole minibatch (all micro-batches, all processes) so that
+    summing the micro-batch losses, or accumulating their gradients, equals the loss of the
+    minibatch taken at once, whatever the split. ``norm_length`` defaults to ``T``; pass a
+    constant (the generation limit), since ``T`` changes with the micro-batch.
     """
-    if num_tokens is None:
-        num_tokens = _count(per_token, mask).clamp(min=1)
-    return masked_sum(per_token, mask) / num_tokens
+    if mode == "token-mean":
+        if num_tokens is None:
+            num_tokens = _count(per_token, mask).clamp(min=1)
+        return masked_sum(per_token, mask) / num_tokens
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg_mode {mode!r}; expected one of {LOSS_AGG_MODES}")
+    if num_seqs is None:
+        num_seqs = _valid(mask).any(dim=1).sum().to(per_token.dtype).clamp(min=1)
+    if mode == "seq-mean-token-mean":
+        return masked_mean(per_token, mask, dim=1).sum() / num_seqs
+    length = per_token.shape[1] if norm_length is None else norm_length
+    return masked_sum(per_token, mask, dim=1).sum() / (num_seqs * length)
+
+
+def truncated_is_weights(
+    old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, cap: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Truncated importance-sampling weights ``min(pi_old / pi_rollout, cap)`` per token (Yao et
+    al. 2025): corrects the policy gradient for tokens sampled by an engine (vLLM) whose
+    probabilities differ from the trainer's ``pi_old`` (kernels, precision, stale weights).
+
+    Shapes: ``old_logprobs`` [B, T] (trainer), ``rollout_logprobs`` [B, T] (the engine's
+    sampling logprobs), ``mask`` [B, T] -> (weights [B, T], stats); weights are 0 at masked
+    positions and detached. The log-ratio is clamped to ``[-MAX_LOG_RATIO, MAX_LOG_RATIO]``
+    before ``exp``. Stats (masked means): ``tis_weight`` (mean weight after the cap),
+    ``tis_capped`` (share of tokens at the cap), ``tis_raw_max`` (largest weight before it).
+    """
+    if cap <= 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    valid = _valid(mask)
+    log_w = _zero_masked(old_logprobs.detach() - rollout_logprobs.detach(), valid)
+    raw = torch.exp(log_w.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
+    weights = _zero_masked(raw.clamp(max=cap), valid)
+    stats = {
+        "tis_weight": masked_mean(weights, valid),
+        "tis_capped": masked_mean((raw > cap).to(raw.dtype), valid),
+        "tis_raw_max": _zero_masked(raw, valid).max() if raw.numel() else raw.new_zeros(()),
+    }
+    return weights, stats
 
 
 # --------------------------------------------------------------------------- logits helpers

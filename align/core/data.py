@@ -9,9 +9,13 @@ Four record kinds (``KINDS``), each a plain dict per row:
   file's stem)
 
 Files are JSON Lines (``.jsonl`` / ``.json``), Parquet, CSV, or a directory written by
-``datasets.Dataset.save_to_disk``; all are read with ``datasets``. Every problem is reported as a
-:class:`DataError` naming the file, the row, the field and what was expected. Rows are never
-dropped silently: :func:`load_records` either returns every row or raises.
+``datasets.Dataset.save_to_disk``; all are read with ``datasets``. A Hub id ``org/name[:split]``
+(a missing path spelled so) is read from the local datasets cache, never the network. Rows in
+TRL's formats, UltraFeedback-binarized's or HelpSteer2's are turned into the records above
+(:mod:`align.core.data_formats`), and ``default_category`` fills a missing ``category``.
+Every problem is reported as a :class:`DataError` naming the file, the row, the field and what
+was expected. Rows are never dropped silently: :func:`load_records` either returns every row or
+raises (HelpSteer2 rows that make no preference pair are counted in a warning).
 
 Row numbers are 1-based: the line number for JSON Lines (blank lines are skipped but counted),
 the record number (header excluded) for CSV, the row index + 1 otherwise.
@@ -27,6 +31,8 @@ import json
 import math
 import os
 import random
+import re
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +41,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
 
+from align.core.data_formats import _MISSING, helpsteer2_pairs, is_helpsteer2, normalise
 from align.core.io import atomic_path
 
 if TYPE_CHECKING:  # read lazily: the record helpers work without them (the GPU benchmark)
@@ -57,17 +64,6 @@ ROLES = ("system", "user", "assistant")
 MCQ_OPTIONS = ("A", "B", "C", "D")
 
 
-class _Missing:
-    """Sentinel for "the field is absent" (as opposed to present with value ``None``)."""
-
-    def __repr__(self) -> str:
-        return "<missing>"
-
-    def __reduce__(self) -> str:
-        return "_MISSING"
-
-
-_MISSING: Any = _Missing()
 _REPR_LIMIT = 80
 
 Problem = tuple[str | None, str, object]  # (field, expected, got)
@@ -303,9 +299,24 @@ def _quiet() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+# ``org/name`` or ``org/name:split``: a dataset id of the Hugging Face Hub
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(:[\w.-]+)?")
+
+
+def _is_hub_id(path: str | os.PathLike[str]) -> bool:
+    """A missing local path spelled like a Hub dataset id (and not like a data file)."""
+    text = os.fspath(path)
+    return (
+        _HUB_ID.fullmatch(text) is not None
+        and Path(text.partition(":")[0]).suffix.lower() not in _SUFFIXES
+    )
+
+
 def _locate(path: str | os.PathLike[str]) -> tuple[Path, str]:
     """The path and its format name; DataError when missing or of unknown type."""
     p = Path(path)
+    if not p.exists() and _is_hub_id(path):
+        return Path(os.fspath(path)), "hub"
     if not p.exists():
         raise DataError(p, None, None, "an existing file or directory")
     if p.is_dir():
@@ -419,11 +430,56 @@ def _read_dir(path: Path) -> Dataset:
     return loaded
 
 
+def _datasets_cache() -> str:
+    """The datasets cache, read when needed (``HF_DATASETS_CACHE`` may be set after import)."""
+    import datasets  # lazy: datasets only when a file is read
+
+    return os.environ.get("HF_DATASETS_CACHE") or str(datasets.config.HF_DATASETS_CACHE)
+
+
+def _read_hub(path: Path) -> Dataset:
+    """A Hub dataset ``org/name[:split]`` from the local datasets cache only (never the network).
+
+    The cache is where ``datasets.load_dataset`` leaves a dataset it downloaded (or where it
+    finds one with ``HF_HUB_OFFLINE=1``); the latest cached configuration is read. A split must
+    be named when the dataset has more than one.
+    """
+    # lazy: datasets only when a file is read
+    from datasets.naming import camelcase_to_snakecase
+    from datasets.packaged_modules.cache.cache import Cache
+
+    repo_id, _, split = os.fspath(path).partition(":")
+    cache = _datasets_cache()
+    try:
+        with _quiet():
+            builder = Cache(
+                repo_id=repo_id,
+                dataset_name=camelcase_to_snakecase(repo_id.split("/")[1]),  # as downloads name it
+                version="auto",
+                hash="auto",
+                cache_dir=cache,
+            )
+    except (ValueError, FileNotFoundError, OSError):
+        expected = (
+            f"an existing file or directory, or a dataset in the local datasets cache {cache}"
+        )
+        raise DataError(path, None, None, expected) from None
+    splits = list(builder.info.splits or {})
+    if not split and len(splits) == 1:
+        split = splits[0]
+    if split not in splits:
+        expected = f"a split given as {repo_id}:SPLIT, one of {splits}"
+        raise DataError(path, None, None, expected, split or _MISSING)
+    with _quiet():
+        return builder.as_dataset(split=split, in_memory=False)
+
+
 _RAW_READERS: dict[str, Callable[[Path], Raw]] = {
     "jsonl": _read_jsonl,
     "parquet": _read_parquet,
     "csv": _read_csv,
     "dir": _read_dir,
+    "hub": _read_hub,
 }
 
 
@@ -534,6 +590,7 @@ class ValidationReport:
     counts: dict[str, int] = field(default_factory=dict)  # valid rows per category
     errors: list[DataError] = field(default_factory=list)  # the first ``max_errors``
     n_invalid: int = 0  # every invalid row, including those beyond ``max_errors``
+    skipped: dict[str, int] = field(default_factory=dict)  # source rows left out, by reason
 
     @property
     def ok(self) -> bool:
@@ -546,44 +603,106 @@ class ValidationReport:
         return self.n_rows - self.n_invalid
 
 
-def _row_errors(
-    path: Path, kind: str, fmt: str, number: int, row: dict | DataError
-) -> list[DataError]:
+def _source_field(name: str | None, renames: Mapping[str, str]) -> str | None:
+    """A record field as the source row spells it (``messages[1].role`` → ``prompt[1].role``)."""
+    for ours, theirs in renames.items():
+        if name is not None and (name == ours or name.startswith((f"{ours}[", f"{ours}."))):
+            return theirs + name[len(ours) :]
+    return name
+
+
+def _checked(
+    path: Path, kind: str, fmt: str, number: int, row: dict | DataError, default: str | None
+) -> tuple[dict | None, list[DataError]]:
+    """The row in its kind's shape, or None, and its errors (named as the source names them)."""
     if isinstance(row, DataError):
-        return [row]
-    problems = check_record(kind, _prepare(row, kind, fmt))
-    return [DataError(path, number, name, expected, got) for name, expected, got in problems]
+        return None, [row]
+    row = _prepare(row, kind, fmt)
+    if kind == "mcq":  # one layout; category falls back to the file's stem
+        out, problems, renames = row, check_record(kind, row), {}
+    else:
+        converted = normalise(kind, row, default)
+        out, renames = converted.record, converted.renames
+        problems = converted.problems or check_record(kind, out)
+    errors = [
+        DataError(path, number, _source_field(name, renames), expected, got)
+        for name, expected, got in problems
+    ]
+    return out, errors
 
 
-def _report(path: Path, kind: str, fmt: str, raw: Raw, max_errors: int) -> ValidationReport:
-    """Check every row; keep the first ``max_errors`` errors and count all invalid rows."""
-    typed = _type_errors(path, raw) if isinstance(raw, list) else {}
+def _rows_of(kind: str, raw: Raw) -> tuple[Iterable[tuple[int, dict | DataError]], Counter]:
+    """The numbered rows to check; HelpSteer2 rows become preference pairs first."""
+    numbered = _numbered(raw)
+    if kind != "prefs":
+        return numbered, Counter()
+    if isinstance(raw, list):
+        columns = dict.fromkeys(k for _, row in raw if isinstance(row, dict) for k in row)
+    else:
+        columns = raw.column_names
+    if not is_helpsteer2(columns):
+        return numbered, Counter()
+    if isinstance(raw, list) and any(isinstance(row, DataError) for _, row in raw):
+        return numbered, Counter()  # a line that is not JSON: reported, nothing paired
+    return helpsteer2_pairs(numbered)
+
+
+@dataclass
+class _Checked:
+    report: ValidationReport
+    rows: list[dict]  # every valid row in its kind's shape (when kept)
+    changed: bool  # some row differs from the source row
+
+
+def _check_all(
+    path: Path, kind: str, fmt: str, raw: Raw, max_errors: int, default: str | None, keep: bool
+) -> _Checked:
+    """Check every row; keep the first ``max_errors`` errors and count all invalid rows.
+
+    Rows are checked in their kind's shape, so a JSON column of mixed types is reported only
+    where it stays mixed after conversion (TRL's message-list ``prompt`` becomes ``messages``).
+    """
     report = ValidationReport(path=str(path), kind=kind, n_rows=0)
+    rows, skipped = _rows_of(kind, raw)
+    checked = [(n, row, *_checked(path, kind, fmt, n, row, default)) for n, row in rows]
+    converted: Numbered = [(n, record) for n, _, record, _ in checked if record is not None]
+    typed = _type_errors(path, converted) if isinstance(raw, list) else {}
     counts: Counter[str] = Counter()
-    for number, row in _numbered(raw):
+    out = _Checked(report, [], changed=bool(skipped))
+    for number, row, record, errors in checked:
         report.n_rows += 1
-        errors = _row_errors(path, kind, fmt, number, row)
         fields = {e.field for e in errors}
         errors += [e for e in typed.get(number, []) if e.field not in fields]
         if errors:
             report.n_invalid += 1
             report.errors += errors[: max(0, max_errors - len(report.errors))]
-        else:
-            counts[_category(kind, row, path.stem)] += 1
-    report.counts = dict(counts)
-    return report
+            continue
+        counts[_category(kind, record, path.stem)] += 1
+        out.changed = out.changed or record != row
+        if keep:
+            out.rows.append(record)
+    report.counts, report.skipped = dict(counts), dict(skipped)
+    return out
 
 
-def validate(path: str | os.PathLike[str], kind: str, max_errors: int = 20) -> ValidationReport:
+def validate(
+    path: str | os.PathLike[str],
+    kind: str,
+    max_errors: int = 20,
+    default_category: str | None = None,
+) -> ValidationReport:
     """Check every row of ``path`` as records of ``kind``.
 
-    Row problems (including unparsable JSON lines) are collected, never raised; format problems
-    (missing file, unknown extension, malformed CSV/Parquet) raise DataError. Unknown ``kind``
-    raises ValueError.
+    Rows are read in any shape :mod:`align.core.data_formats` knows (TRL's formats,
+    UltraFeedback-binarized, HelpSteer2); ``default_category`` fills ``category`` where a row has
+    none. Row problems (including unparsable JSON lines) are collected, never raised; format
+    problems (missing file, unknown extension, malformed CSV/Parquet) raise DataError. Unknown
+    ``kind`` raises ValueError.
     """
     _require_kind(kind)
     p, fmt = _locate(path)
-    return _report(p, kind, fmt, _RAW_READERS[fmt](p), max_errors)
+    raw = _RAW_READERS[fmt](p)
+    return _check_all(p, kind, fmt, raw, max_errors, default_category, keep=False).report
 
 
 # --------------------------------------------------------------------------- loading
@@ -617,8 +736,22 @@ def _finish(path: Path, kind: str, fmt: str, data: Dataset) -> Dataset:
     return data
 
 
-def load_records(path: str | os.PathLike[str], kind: str) -> Dataset:
+def _warn_skipped(path: Path, skipped: Mapping[str, int]) -> None:
+    if skipped:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+        warnings.warn(f"{path}: source rows left out: {reasons}", stacklevel=3)
+
+
+def load_records(
+    path: str | os.PathLike[str], kind: str, default_category: str | None = None
+) -> Dataset:
     """Read and validate ``path`` as records of ``kind``; every row or the first DataError.
+
+    ``path`` is a file, a saved ``datasets`` directory, or a Hub id ``org/name[:split]`` read
+    from the local datasets cache. Rows in another known shape (TRL's formats,
+    UltraFeedback-binarized, HelpSteer2; see :mod:`align.core.data_formats`) come back in the
+    shape of ``kind``; ``default_category`` fills ``category`` where a row has none. HelpSteer2
+    rows that make no preference pair are counted in a warning, never dropped silently.
 
     ``mcq`` records come back with options A-D as text, ``Answer`` stripped, the unnamed index
     column removed and ``category`` set to the file's stem where the file gives none.
@@ -626,10 +759,16 @@ def load_records(path: str | os.PathLike[str], kind: str) -> Dataset:
     _require_kind(kind)
     p, fmt = _locate(path)
     raw = _RAW_READERS[fmt](p)
-    report = _report(p, kind, fmt, raw, max_errors=1)
-    if report.errors:
-        raise report.errors[0]
-    data = _rows_to_dataset(p, (row for _, row in raw)) if isinstance(raw, list) else raw
+    checked = _check_all(p, kind, fmt, raw, 1, default_category, keep=kind != "mcq")
+    if checked.report.errors:
+        raise checked.report.errors[0]
+    _warn_skipped(p, checked.report.skipped)
+    if checked.changed:
+        data = _rows_to_dataset(p, checked.rows)
+    elif isinstance(raw, list):
+        data = _rows_to_dataset(p, (row for _, row in raw))
+    else:
+        data = raw
     return _finish(p, kind, fmt, data)
 
 

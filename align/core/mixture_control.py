@@ -1,4 +1,4 @@
-"""Dynamic data mixture: move category weights by per-category held-out loss (METHODS §6).
+"""Dynamic data mixture: move category weights by per-category held-out loss (docs/methods.md §6).
 
 The sources say only: track per-category loss, reduce the share of converged or overfitting
 categories, raise high-loss ones, per epoch (SFT) or per stage (pretraining) [S]. The controller

@@ -81,18 +81,35 @@ def check_model_dir(
     )
 
 
+def uses_attention_softcapping(directory: str | os.PathLike[str]) -> bool:
+    """Whether the model's ``config.json`` (or its ``text_config``) sets
+    ``attn_logit_softcapping``, which only the eager attention applies."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    return bool(config.get("attn_logit_softcapping") or text.get("attn_logit_softcapping"))
+
+
 def load_pretrained(auto_class: Any, path: str | os.PathLike[str], field: str, **kwargs: Any):
     """``auto_class.from_pretrained(path, use_safetensors=True, **kwargs)`` after
     :func:`check_model_dir` (so a bad path is one line naming ``field``, not a traceback).
 
     ``auto_class``: any transformers class with ``from_pretrained``, e.g.
     ``AutoModelForCausalLM`` or ``AutoModelForSequenceClassification``. ``kwargs`` whose value
-    is None are left out (transformers' default). Under DeepSpeed ZeRO-3 the model loads
+    is None are left out (transformers' default), except that a model with attention logit
+    soft-capping (Gemma 2) loads with the eager attention unless told otherwise: the others skip
+    the capping. Under DeepSpeed ZeRO-3 the model loads
     partitioned, each process reading only its own slices
     (:func:`align.core.sharded_loading.load_partitioned`).
     """
     directory = check_model_dir(path, field)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if "attn_implementation" not in kwargs and uses_attention_softcapping(directory):
+        # sdpa and flash attention skip the logit soft-capping these models (Gemma 2) are
+        # trained with; vLLM applies it, so the default would drift from the engine's logprobs
+        kwargs["attn_implementation"] = "eager"
     # lazy: torch and transformers stay off the path checks' imports (CLI --help)
     from align.core import sharded_loading
 

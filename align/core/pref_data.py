@@ -8,6 +8,11 @@
   ``category`` the exam (file stem), ``id`` the question (so splits can keep a question's pairs
   together).
 
+- UltraFeedback-binarized rows and HelpSteer2 rows (pairs of consecutive rows with the same
+  prompt, the higher ``helpfulness`` chosen; :data:`align.core.data_formats.HELPSTEER2_RULE`) →
+  records, as :func:`align.core.data.load_records` reads them; these two functions give the same
+  records from rows in memory (to write a JSONL of them, say).
+
 Rows that cannot become a valid pair are never dropped silently: the converters return them
 counted by reason in a :class:`Conversion`.
 """
@@ -21,14 +26,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from align.core.data import MCQ_OPTIONS, load_records
+from align.core.data import MCQ_OPTIONS, check_record, load_records
+from align.core.data_formats import helpsteer2_pairs, normalise
 
 __all__ = [
     "Conversion",
     "financeiq_prefs",
+    "helpsteer2_prefs",
     "hh_rlhf_prefs",
     "load_hh_rlhf",
     "parse_hh_transcript",
+    "ultrafeedback_prefs",
 ]
 
 FINANCEIQ_PROMPT = (
@@ -145,4 +153,34 @@ def financeiq_prefs(directory: str | os.PathLike[str]) -> Conversion:
             out.skipped["wrong option identical to the answer"] += 3 - len(pairs)
             out.records += pairs
     out.skipped = +out.skipped
+    return out
+
+
+def _keep_valid(out: Conversion, record: dict, problems: list) -> None:
+    """Append ``record`` when it is a valid ``prefs`` record, else count its first problem."""
+    problems = problems or check_record("prefs", record)
+    if problems:
+        name, expected, _ = problems[0]
+        out.skipped[f"{name}: expected {expected}"] += 1
+    else:
+        out.records.append(record)
+
+
+def ultrafeedback_prefs(rows: list[dict], category: str = "ultrafeedback") -> Conversion:
+    """UltraFeedback-binarized rows → ``{messages, chosen, rejected, id, category, score_*}``;
+    ``category`` where a row has none."""
+    out = Conversion()
+    for row in rows:
+        converted = normalise("prefs", row, category)
+        _keep_valid(out, converted.record, converted.problems)
+    return out
+
+
+def helpsteer2_prefs(rows: list[dict], category: str = "helpsteer2") -> Conversion:
+    """HelpSteer2 rows → ``{prompt, chosen, rejected, helpfulness_*, category}``, paired by
+    :data:`align.core.data_formats.HELPSTEER2_RULE`; ties and lone rows counted in ``skipped``."""
+    pairs, skipped = helpsteer2_pairs(enumerate(rows, start=1))
+    out = Conversion(skipped=Counter(skipped))
+    for _, pair in pairs:
+        _keep_valid(out, {**pair, "category": pair.get("category") or category}, [])
     return out

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 import warnings
@@ -46,6 +45,14 @@ from align.core.io import read_jsonl
 from align.core.models import check_model_dir, load_options, load_pretrained
 from align.core.outputs import check_output_dir, check_output_file
 from align.core.pref_data import financeiq_prompt
+from align.core.score_rules import check_rule_fields, load_calibration
+from align.core.tracking import (
+    Tracker,
+    check_report_to,
+    project_field,
+    report_to_field,
+    run_name_field,
+)
 from align.filter import selection as F
 from align.filter.report import rule_text, write_report
 from align.tiny.build import build_tiny_world
@@ -61,14 +68,17 @@ DEFAULT_MEAN_QUANTILES = (0.1, 0.9)  # [P] mean within the 10th-90th percentiles
 
 @dataclass
 class FilterConfig:
-    """Confidence-interval filtering of prompts (METHODS §3). ``[S]`` marks values the XuanYuan
-    reports state; the others are our defaults."""
+    """Confidence-interval filtering of prompts (docs/methods.md §3). ``[S]`` marks values the
+    XuanYuan reports state; the others are our defaults."""
 
     prompts: str | None = _help(
         "Prompt records (JSONL/Parquet/CSV/dir) or FinanceIQ MCQ CSVs (a file or a folder of "
         "*.csv: each question becomes its zero-shot prompt, category = exam); required with a "
         "policy; none without one = the tiny world's RL prompts.",
         None,
+    )
+    default_category: str | None = _help(
+        "Category of prompt records that carry none (none: every record must carry one).", None
     )
     policy: str | None = _help(
         "Policy that samples the answers. None = the tiny world's SFT policy, and the tiny "
@@ -158,6 +168,9 @@ class FilterConfig:
     cache_tag: str = _help(
         "Extra text in the cache key (a caller passing its own engine names its weights here).", ""
     )
+    report_to: list[str] = report_to_field()
+    project: str = project_field()
+    run_name: str | None = run_name_field()
 
     config_name: ClassVar[str] = "filter"  # --config tiny → align/configs/filter_tiny.yaml
     #: The shipped config a command line with no policy and no --config starts from.
@@ -177,35 +190,13 @@ class FilterConfig:
                 f"{self.temperature}"
             )
         check_ranges(self)
+        self.report_to = check_report_to(self.report_to)
         self.rewards = as_specs(self.rewards)  # entries given in code as mappings
         if not self.rewards and self.uses_tiny_world():
             self.rewards = tiny_rule()  # empty = not given; a run with a policy requires them
         if isinstance(self.rollout, Mapping):  # given in code as a mapping
             self.rollout = build(RolloutConfig, self.rollout, "rollout")
-        self._check_exclusive()
-        self._check_pairs()
-
-    def _check_exclusive(self) -> None:
-        if self.std_min is not None and self.std_quantile is not None:
-            raise ValueError("std_min, std_quantile: give at most one")
-        means = [self.mean_range, self.mean_quantiles, self.calibration]
-        if sum(m is not None for m in means) > 1:
-            raise ValueError("mean_range, mean_quantiles, calibration: give at most one")
-
-    def _check_pairs(self) -> None:
-        for name in ("mean_range", "mean_quantiles"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if len(value) != 2 or float(value[0]) > float(value[1]):
-                raise ValueError(f"{name}: expected (lo, hi) with lo <= hi, got {value}")
-            setattr(self, name, (float(value[0]), float(value[1])))
-        for name, q in (
-            ("std_quantile", self.std_quantile),
-            *(("mean_quantiles", x) for x in self.mean_quantiles or ()),
-        ):
-            if q is not None and not 0 <= q <= 1:
-                raise ValueError(f"{name}: expected quantiles in [0, 1], got {q}")
+        check_rule_fields(self)  # shared with PPO's online filter
 
     def uses_tiny_world(self) -> bool:
         """No policy given: the tiny world fills in the inputs left empty. Once one is given,
@@ -301,12 +292,17 @@ def _financeiq_prompts(files: list[Path]) -> list[dict]:
     return out
 
 
-def load_prompt_records(path: str | os.PathLike[str]) -> list[dict]:
+def load_prompt_records(
+    path: str | os.PathLike[str], default_category: str | None = None
+) -> list[dict]:
     """Prompt records from ``path``: ``prompts`` records, or FinanceIQ MCQs turned into their
     zero-shot prompts (with an ``answer`` column for the ``mcq`` rule). Empty → ValueError."""
     p = Path(path)
     files = _mcq_csvs(p) if p.exists() else []
-    records = _financeiq_prompts(files) if files else load_records(p, "prompts").to_list()
+    if files:
+        records = _financeiq_prompts(files)
+    else:
+        records = load_records(p, "prompts", default_category).to_list()
     if not records:
         raise ValueError(f"{path}: no prompts (the file is empty)")
     return records
@@ -569,28 +565,6 @@ def score_matrix(cache: SampleCache, keys: list[str]) -> np.ndarray:
 # ------------------------------------------------------------------ thresholds
 
 
-def load_calibration(path: str | os.PathLike[str]) -> tuple[list[dict], float]:
-    """``(score_bins, overall accuracy)`` from the JSON written by ``align rm eval --out``."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path}: no such calibration file (write one with `align rm eval --out FILE`)"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: expected the JSON of `align rm eval --out`: {err}") from None
-    bins, overall = data.get("score_bins"), data.get("accuracy")
-    if not isinstance(bins, list) or not bins:
-        raise ValueError(f"{path}: field 'score_bins': expected a non-empty list of bins")
-    for k, b in enumerate(bins):
-        missing = {"low", "high", "accuracy"} - set(b)
-        if missing:
-            raise ValueError(f"{path}: score_bins[{k}]: missing fields {sorted(missing)}")
-    if not isinstance(overall, int | float) or not math.isfinite(overall):
-        raise ValueError(f"{path}: field 'accuracy': expected a number, got {overall!r}")
-    return bins, float(overall)
-
-
 def thresholds(cfg: FilterConfig, mean: np.ndarray, std: np.ndarray) -> tuple[float, list]:
     """``(std floor, mean intervals)`` from the config and the scored pool (valid prompts)."""
     floor = F.std_threshold(std, **cfg.std_rule)
@@ -643,7 +617,7 @@ def check_paths(cfg: FilterConfig, engine=None, tokenizer=None, reward_given: bo
 def _prepare(cfg, engine, reward, tokenizer):
     check_paths(cfg, engine, tokenizer, reward_given=reward is not None)
     cfg = resolve_defaults(cfg, need_policy=engine is None)
-    records = load_prompt_records(cfg.prompts)
+    records = load_prompt_records(cfg.prompts, cfg.default_category)
     if tokenizer is None:
         if cfg.policy is None:
             raise ValueError("policy: with a ready engine, give config.policy or tokenizer=")
@@ -706,6 +680,7 @@ def run_filter(
         report_dir=cfg.report_path,
     )
     _write_outputs(cfg, result, selection)
+    _report_to_trackers(cfg, result, selection, records, [cache.rows[k] for k in keys])
     return result
 
 
@@ -713,3 +688,40 @@ def _write_outputs(cfg: FilterConfig, result: FilterResult, selection: F.Selecti
     write_jsonl(result.kept, cfg.out)
     rule = rule_text(cfg.std_rule, cfg.mean_rule)
     write_report(cfg.report_path, result, selection, asdict(cfg), rule)
+
+
+#: Prompts shown in the trackers' table of sample answers.
+TRACKER_SAMPLES = 32
+
+
+def _report_to_trackers(
+    cfg: FilterConfig, result: FilterResult, selection: F.Selection, records: list, rows: list
+) -> None:
+    """The run's counts and timing as scalars (step 0) and a table of the first prompts with
+    their first answer, scores and whether they were kept (``report_to``; the report folder)."""
+    if not cfg.report_to:
+        return
+    tracker = Tracker.start(cfg.report_to, cfg.report_path, cfg.project, cfg.run_name,
+                            config_to_dict(cfg))  # fmt: skip
+    scalars = {"prompts": result.n_prompts, "kept": len(result.kept), "cached": result.cached}
+    scalars.update({f"timing/{k}": v for k, v in result.timing.items()})
+    for step, per_category in result.counts.items():
+        scalars.update({f"counts/{step}/{c}": n for c, n in per_category.items()})
+    tracker.log(scalars, step=0)
+    kept = set(selection.kept)
+    tracker.log_samples(
+        [
+            {
+                "prompt": r.get("prompt") or messages_of(r),
+                "category": r["category"],
+                "answer": row["completions"][0],
+                "scores": str(row["scores"]),
+                "mean": float(selection.mean[i]),
+                "std": float(selection.std[i]),
+                "kept": i in kept,
+            }
+            for i, (r, row) in enumerate(zip(records[:TRACKER_SAMPLES], rows))
+        ],
+        step=0,
+    )
+    tracker.finish()

@@ -1,6 +1,8 @@
-"""Confidence-interval filtering of prompts (METHODS §3): the statistics and the selection.
+"""Confidence-interval filtering of prompts (docs/methods.md §3): the statistics and the selection.
 
-Pure functions over a ``prompts × n`` score matrix (numpy; no models, no files):
+Pure functions over a ``prompts × n`` score matrix (numpy; no models, no files). The statistics
+and the rules (steps 1–3) live in :mod:`align.core.score_rules`, shared with PPO's online filter
+(:mod:`align.ppo.online_filter`), and are re-exported here:
 
 1. :func:`prompt_stats` — per-prompt mean and std (ddof 1) of the ``n`` sampled answers' scores;
    a row with any NaN is invalid (the prompt is dropped and counted).
@@ -27,115 +29,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from align.core.mixture import largest_remainder
+from align.core.score_rules import (  # the rules, shared with PPO's online filter; re-exported
+    Interval,
+    calibrated_intervals,
+    in_intervals,
+    mean_interval,
+    prompt_stats,
+    std_threshold,
+    survivor_masks,
+)
+
+__all__ = [
+    "STEPS",
+    "Interval",
+    "Selection",
+    "Thresholds",
+    "calibrated_intervals",
+    "category_quotas",
+    "es_log_keys",
+    "in_intervals",
+    "mean_interval",
+    "prompt_stats",
+    "redistribute_shortfall",
+    "select_prompts",
+    "std_threshold",
+    "survivor_masks",
+    "weighted_sample",
+]
 
 STEPS = ("input", "scored", "std", "mean", "kept")
-Interval = tuple[float, float]
-
-
-# ------------------------------------------------------------------ statistics
-
-
-def prompt_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(mean [P], std [P], valid [P] bool)`` of a ``[P, n]`` score matrix.
-
-    ``std`` uses ddof = 1 (the unbiased sample variance), so ``n >= 2`` is required. A row with
-    any NaN (a sample the reward source could not score) is invalid; its mean and std are NaN.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 2:
-        raise ValueError(f"scores: expected a [prompts, n] matrix, got shape {scores.shape}")
-    if scores.shape[1] < 2:
-        raise ValueError(
-            f"n: expected >= 2 samples per prompt (std undefined), got {scores.shape[1]}"
-        )
-    valid = np.isfinite(scores).all(axis=1)
-    mean = np.full(len(scores), np.nan)
-    std = np.full(len(scores), np.nan)
-    mean[valid] = scores[valid].mean(axis=1)
-    std[valid] = scores[valid].std(axis=1, ddof=1)
-    return mean, std, valid
-
-
-def _check_quantile(name: str, q: float) -> None:
-    if not 0 <= q <= 1:
-        raise ValueError(f"{name}: expected a quantile in [0, 1], got {q}")
-
-
-def std_threshold(
-    std: np.ndarray, std_min: float | None = None, std_quantile: float | None = None
-) -> float:
-    """The std floor: ``std_min``, or the ``std_quantile`` of ``std`` (the scored pool, ``[P]``,
-    linear interpolation), or ``-inf`` (no floor) when neither is given."""
-    if std_min is not None and std_quantile is not None:
-        raise ValueError("std_min and std_quantile: give at most one")
-    if std_min is not None:
-        return float(std_min)
-    if std_quantile is None:
-        return float("-inf")
-    _check_quantile("std_quantile", std_quantile)
-    if len(std) == 0:
-        return float("-inf")
-    return float(np.quantile(std, std_quantile))
-
-
-def mean_interval(
-    mean: np.ndarray,
-    mean_range: Interval | None = None,
-    mean_quantiles: Interval | None = None,
-) -> Interval:
-    """``(lo, hi)``: ``mean_range`` as given, or the ``mean_quantiles`` of ``mean`` (the scored
-    pool, ``[P]``), or ``(-inf, inf)`` when neither is given. Bounds are inclusive."""
-    if mean_range is not None and mean_quantiles is not None:
-        raise ValueError("mean_range and mean_quantiles: give at most one")
-    if mean_range is not None:
-        lo, hi = mean_range
-    elif mean_quantiles is not None:
-        lo_q, hi_q = mean_quantiles
-        _check_quantile("mean_quantiles", lo_q)
-        _check_quantile("mean_quantiles", hi_q)
-        if len(mean) == 0:
-            return (float("-inf"), float("inf"))
-        lo, hi = np.quantile(mean, [lo_q, hi_q])
-    else:
-        return (float("-inf"), float("inf"))
-    if lo > hi:
-        raise ValueError(f"mean interval: expected lo <= hi, got ({lo}, {hi})")
-    return (float(lo), float(hi))
-
-
-def calibrated_intervals(bins: Sequence[dict], overall_accuracy: float) -> list[Interval]:
-    """The score intervals where the reward model is at least as accurate as overall.
-
-    ``bins``: ``[{"low", "high", "n", "accuracy"}, ...]`` sorted by score (the ``score_bins`` of
-    ``align rm eval``, equal-count bins of the pair mean score). A bin is kept when its accuracy
-    is ``>= overall_accuracy``. Adjacent kept bins merge into one interval that also covers the gap
-    between them (cut at the midpoint between a bin's ``high`` and the next bin's ``low``, so every
-    score between the lowest and highest labelled score belongs to exactly one bin). The outer
-    edges stay at the lowest / highest labelled score: beyond them there is no evidence.
-    """
-    if not bins:
-        raise ValueError("calibration: expected at least one score bin")
-    edges = [float(bins[0]["low"])]
-    edges += [(float(a["high"]) + float(b["low"])) / 2 for a, b in zip(bins, bins[1:])]
-    edges.append(float(bins[-1]["high"]))
-    intervals: list[Interval] = []
-    for k, b in enumerate(bins):
-        if float(b["accuracy"]) < overall_accuracy:
-            continue
-        if intervals and intervals[-1][1] == edges[k]:
-            intervals[-1] = (intervals[-1][0], edges[k + 1])
-        else:
-            intervals.append((edges[k], edges[k + 1]))
-    return intervals
-
-
-def in_intervals(x: np.ndarray, intervals: Sequence[Interval]) -> np.ndarray:
-    """``[P]`` bool: ``x`` lies in at least one closed interval (NaN never does)."""
-    x = np.asarray(x, dtype=np.float64)
-    inside = np.zeros(x.shape, dtype=bool)
-    for lo, hi in intervals:
-        inside |= (x >= lo) & (x <= hi)
-    return inside
 
 
 # ------------------------------------------------------------------ quotas
@@ -271,7 +193,7 @@ def select_prompts(
     seed: int = 0,
     drop_zero_std: bool = True,
 ) -> Selection:
-    """Steps 1–3 of METHODS §3 on a ``[P, n]`` score matrix.
+    """Steps 1–3 of docs/methods.md §3 on a ``[P, n]`` score matrix.
 
     ``std_floor`` / ``intervals`` come from :func:`std_threshold` and :func:`mean_interval` /
     :func:`calibrated_intervals` (computed on the scored pool by the caller, so they can be
@@ -288,8 +210,7 @@ def select_prompts(
         raise ValueError(f"alpha: expected >= 0, got {alpha}")
     mean, std, valid = prompt_stats(scores)
     names = sorted(set(categories))
-    std_ok = valid & (std >= std_floor) & ((std > 0) if drop_zero_std else True)
-    mean_ok = std_ok & in_intervals(mean, intervals)
+    std_ok, mean_ok = survivor_masks(mean, std, valid, std_floor, intervals, drop_zero_std)
     masks = {"input": np.ones(len(scores), bool), "scored": valid, "std": std_ok, "mean": mean_ok}
     counts = {step: _count(categories, m, names) for step, m in masks.items()}
     target = int(mean_ok.sum()) if keep is None else keep

@@ -1,16 +1,19 @@
-"""The PEI-RLHF controller (METHODS §4): pure decisions between PPO rounds.
+"""The PEI-RLHF controller (docs/methods.md §4): pure decisions between PPO rounds.
 
-From each sub-domain's PPO gain ``G_d`` (net win rate vs SFT) and reward-model alignment ``A_d``
-(accuracy on labelled pairs): tiers → the attribution table → a step ``s_d ∈ {+2 … −2}`` → new
-mixture weights, the next KL weight β and whether to stop. No I/O, no models: the loop in
-:mod:`align.pei.run` feeds it measurements and records what it decides.
+From each sub-domain's PPO gain ``G_d`` (net win rate vs SFT) and reward-model alignment ``A_d``:
+tiers → the attribution table → a step ``s_d ∈ {+2 … −2}`` → new mixture weights, the next KL
+weight β and whether to stop. ``A_d`` is measured two ways (``rm_alignment`` picks the one the
+RM tier uses): on labelled pairs, and on-policy — on the round's own judged pairs (policy answer,
+SFT answer), where a reward model PPO has learnt to exploit disagrees with the judge
+(:mod:`align.pei.alignment`). No I/O, no models: the loop in :mod:`align.pei.run` feeds it
+measurements and records what it decides.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from align.core.config import check_ranges, help_field
@@ -30,11 +33,12 @@ ATTRIBUTION: dict[tuple[str, str], int] = {
     ("bad", "bad"): -2,
 }
 ARROWS = {2: "↑↑", 1: "↑", 0: "—", -1: "↓", -2: "↓↓"}
+ALIGNMENT_SOURCES = ("on_policy", "labelled", "min")
 
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """Every number of the controller; defaults are METHODS §4's."""
+    """Every number of the controller; defaults are docs/methods.md §4's."""
 
     tiering: Literal["thresholds", "tertiles"] = help_field(
         "How sub-domains are tiered: thresholds (below) or tertiles across sub-domains.",
@@ -55,6 +59,19 @@ class ControllerConfig:
     min_samples: int = help_field(
         "Fewer eval prompts (or labelled pairs) in a sub-domain → medium tier.", 30, ge=1
     )
+    rm_alignment: Literal["on_policy", "labelled", "min"] = help_field(
+        "The A_d the RM tier uses: on_policy (the share of the round's decisive judged pairs, "
+        "policy vs SFT answer, that the reward orders as the judge does), labelled (accuracy on "
+        "rm_pairs), or min (the lower of the two that rest on enough pairs). Both are logged "
+        "every round.",
+        "min",
+    )
+    min_decisive_pairs: int = help_field(
+        "Fewer decisive on-policy pairs (verdict good or bad) in a sub-domain → its on-policy "
+        "alignment is unknown (medium tier with rm_alignment: on_policy).",
+        20,
+        ge=1,
+    )
     eta: float = help_field("Step size η of w ← w·exp(η·s) [P: ln 1.5].", math.log(1.5), ge=0)
     weight_floor: float = help_field(
         "Lowest weight as a share of the initial weight.", 0.25, gt=0, le=1
@@ -74,6 +91,11 @@ class ControllerConfig:
         check_ranges(self)
         if self.tiering not in ("thresholds", "tertiles"):
             raise ValueError(f"tiering: expected thresholds or tertiles, got {self.tiering!r}")
+        if self.rm_alignment not in ALIGNMENT_SOURCES:
+            raise ValueError(
+                f"rm_alignment: expected one of {', '.join(ALIGNMENT_SOURCES)}, "
+                f"got {self.rm_alignment!r}"
+            )
         if not self.ppo_medium <= self.ppo_good:
             raise ValueError("ppo_medium: expected <= ppo_good")
         if not self.rm_medium <= self.rm_good:
@@ -105,14 +127,50 @@ def tiers_for(
     good: float,
     medium: float,
     cfg: ControllerConfig,
+    min_count: int | None = None,
 ) -> dict[str, str]:
-    """Tier every sub-domain; those with fewer than ``min_samples`` measurements are medium."""
-    enough = {d: v for d, v in values.items() if counts.get(d, 0) >= cfg.min_samples}
+    """Tier every sub-domain; those with fewer than ``min_count`` (default ``min_samples``)
+    measurements are medium."""
+    least = cfg.min_samples if min_count is None else min_count
+    enough = {d: v for d, v in values.items() if counts.get(d, 0) >= least}
     if cfg.tiering == "tertiles":
         tiers = tertile_tiers(enough)
     else:
         tiers = {d: tier_by_threshold(v, good, medium) for d, v in enough.items()}
     return {d: tiers.get(d, "medium") for d in values}
+
+
+def alignment_for_tiers(
+    measured: RoundMeasurements, categories: list[str], cfg: ControllerConfig
+) -> tuple[dict[str, float], dict[str, bool]]:
+    """``A_d`` as ``cfg.rm_alignment`` says, and whether it rests on enough pairs (else the RM
+    tier is medium). Labelled needs ``min_samples`` pairs, on-policy ``min_decisive_pairs``
+    decisive ones; ``min`` takes the lower of the values that have enough (the lower of both,
+    not enough, when neither has)."""
+    labelled = {
+        d: (measured.alignment.get(d, 0.0), measured.alignment_counts.get(d, 0) >= cfg.min_samples)
+        for d in categories
+    }
+    on_policy = {
+        d: (
+            measured.on_policy_alignment.get(d, 0.0),
+            measured.on_policy_counts.get(d, 0) >= cfg.min_decisive_pairs,
+        )
+        for d in categories
+    }
+    if cfg.rm_alignment == "labelled":
+        chosen = labelled
+    elif cfg.rm_alignment == "on_policy":
+        chosen = on_policy
+    else:
+        chosen = {d: _lower_of(labelled[d], on_policy[d]) for d in categories}
+    return {d: v for d, (v, _) in chosen.items()}, {d: ok for d, (_, ok) in chosen.items()}
+
+
+def _lower_of(a: tuple[float, bool], b: tuple[float, bool]) -> tuple[float, bool]:
+    """The lower value of those with enough pairs; with none, the lower value, not enough."""
+    enough = [v for v, ok in (a, b) if ok]
+    return (min(enough), True) if enough else (min(a[0], b[0]), False)
 
 
 def steps_from_tiers(ppo_tiers: Mapping[str, str], rm_tiers: Mapping[str, str]) -> dict[str, int]:
@@ -184,6 +242,11 @@ class Decision:
     overall_gain: float
     stop: bool
     stop_reason: str | None
+    # Both alignments, whichever the RM tier used (empty in decisions written before they were
+    # measured; those used the labelled one).
+    alignment_labelled: dict[str, float] = field(default_factory=dict)
+    alignment_on_policy: dict[str, float] = field(default_factory=dict)
+    alignment_source: str = "labelled"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,7 +261,7 @@ def stop_reason(
     max_rounds: int,
     cfg: ControllerConfig,
 ) -> str | None:
-    """Why the loop stops after this round, or ``None`` to go on (METHODS §4 conditions)."""
+    """Why the loop stops after this round, or ``None`` to go on (docs/methods.md §4 conditions)."""
     if round_index >= max_rounds:
         return f"round limit ({max_rounds})"
     if not cfg.early_stop:
@@ -215,15 +278,18 @@ def stop_reason(
 
 @dataclass
 class RoundMeasurements:
-    """One round's evaluation: ``gain`` G_d (net win rate vs SFT) and ``alignment`` A_d (RM
-    accuracy on labelled pairs) per sub-domain, as fractions, with how many eval prompts / pairs
-    each rests on, and the overall net win rate."""
+    """One round's evaluation per sub-domain, as fractions, with how many eval prompts / pairs
+    each rests on: ``gain`` G_d (net win rate vs SFT), ``alignment`` (RM accuracy on labelled
+    pairs), ``on_policy_alignment`` (on the round's decisive judged pairs; counts = decisive
+    pairs), and the overall net win rate."""
 
     gain: dict[str, float]
     gain_counts: dict[str, int]
     alignment: dict[str, float]
     alignment_counts: dict[str, int]
     overall_gain: float
+    on_policy_alignment: dict[str, float] = field(default_factory=dict)
+    on_policy_counts: dict[str, int] = field(default_factory=dict)
 
 
 def decide(
@@ -241,9 +307,10 @@ def decide(
     round and in round 0, ``previous_gain`` the last round's overall net win (none in round 0)."""
     # A sub-domain without measurements has a count of 0, hence a medium tier.
     gain = {d: measured.gain.get(d, 0.0) for d in weights}
-    alignment = {d: measured.alignment.get(d, 0.0) for d in weights}
+    alignment, enough = alignment_for_tiers(measured, list(weights), cfg)
     ppo_tiers = tiers_for(gain, measured.gain_counts, cfg.ppo_good, cfg.ppo_medium, cfg)
-    rm_tiers = tiers_for(alignment, measured.alignment_counts, cfg.rm_good, cfg.rm_medium, cfg)
+    flags = {d: int(ok) for d, ok in enough.items()}
+    rm_tiers = tiers_for(alignment, flags, cfg.rm_good, cfg.rm_medium, cfg, min_count=1)
     steps = steps_from_tiers(ppo_tiers, rm_tiers)
     before = _normalised(weights)
     after = update_weights(before, steps, initial, cfg)
@@ -265,4 +332,7 @@ def decide(
         overall_gain=overall,
         stop=reason is not None,
         stop_reason=reason,
+        alignment_labelled={d: measured.alignment.get(d, 0.0) for d in weights},
+        alignment_on_policy={d: measured.on_policy_alignment.get(d, 0.0) for d in weights},
+        alignment_source=cfg.rm_alignment,
     )

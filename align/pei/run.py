@@ -1,5 +1,5 @@
-"""``align pei``: the PEI-RLHF loop (METHODS §4) — PPO pre-training, then rounds of evaluate →
-attribute → re-mix → improve, with its state on disk so a rerun resumes.
+"""``align pei``: the PEI-RLHF loop (docs/methods.md §4) — PPO pre-training, then rounds of
+evaluate → attribute → re-mix → improve, with its state on disk so a rerun resumes.
 
 Run directory::
 
@@ -7,9 +7,13 @@ Run directory::
     sft_answers.jsonl        the SFT policy's answers to the eval prompts (generated once)
     rm/                      the tiny world's reward model (only with ``reward_model: tiny``)
     round-K/ppo/             PPO run of round K (metrics.jsonl, checkpoints/step-N/{actor,critic})
-    round-K/answers.jsonl    the round's policy answers, with the judge's verdicts
-    round-K/evaluation.json  GSB per sub-domain, RM alignment per sub-domain
+    round-K/answers.jsonl    the round's policy answers, with the judge's verdicts and the
+                             reward of both answers
+    round-K/evaluation.json  GSB, RM alignment (labelled and on-policy) and reward hacking per
+                             sub-domain
     round-K/decision.json    tiers, steps, weights, β — written last: a round is complete with it
+    baseline/                with ``baseline: true``: plain PPO on the same budget (ppo/,
+                             answers.jsonl, evaluation.json, result.json written last)
     report.md, *.png         the report (rewritten after every round)
 
 A rerun on the same directory skips every round with a ``decision.json``; a round that crashed
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import yaml
 from accelerate import PartialState
 
 from align.core.checkpoints import latest_checkpoint
@@ -45,7 +50,9 @@ from align.core.data import load_records, messages_of, write_jsonl
 from align.core.io import METRICS_FILE, atomic_write_json, atomic_write_text, replace_directory
 from align.core.models import check_model_dir, load_options
 from align.core.outputs import check_output_dir
+from align.core.tracking import default_run_name
 from align.filter.run import FilterConfig, run_filter
+from align.pei.alignment import on_policy_alignment, overall, reward_hacking
 from align.pei.controller import ARROWS, ControllerConfig, Decision, RoundMeasurements, decide
 from align.ppo.config import PPOConfig, missing_inputs
 from align.tiny.build import build_tiny_world
@@ -63,7 +70,7 @@ REFILTER_SET_BY_PEI = ("prompts", "policy", "rewards", "chat_format", "out", "se
 
 @dataclass
 class PEIConfig:
-    """Every knob of ``align pei``; controller numbers default to METHODS §4."""
+    """Every knob of ``align pei``; controller numbers default to docs/methods.md §4."""
 
     config_name: ClassVar[str] = "pei"  # --config tiny → align/configs/pei_tiny.yaml
     #: The shipped config a command line with no model path and no --config starts from.
@@ -120,13 +127,20 @@ class PEIConfig:
         "Sub-domains re-filtered (the financial ones); the others keep every prompt; none = all.",
         None,
     )
+    baseline: bool = _help(
+        "After the loop, run plain PPO on the same budget — from SFT, the PPO config's β and "
+        "the initial mixture, as many PPO steps as the rounds used — evaluate it like a round "
+        "and compare it with PEI in the report.",
+        False,
+    )
     eval_prompts: str | None = _help(
         "Held-out prompts; none = the PPO config's (ppo.eval_prompts).", None
     )
     eval_max_prompts: int = _help("Held-out prompts evaluated per round (first N).", 300, ge=1)
     eval_batch_size: int = _help("Prompts per generation call in evaluation.", 64, ge=1)
     controller: ControllerConfig = _help(
-        "The controller: tiers, weights, β and stopping (METHODS §4).", factory=ControllerConfig
+        "The controller: tiers, weights, β and stopping (docs/methods.md §4).",
+        factory=ControllerConfig,
     )
     output_dir: str = _help("Run directory (resumed when it holds completed rounds).", "runs/pei")
     seed: int = _help("Seed of every round (round K uses seed + K).", 0, ge=0)
@@ -197,7 +211,7 @@ class Setup:
 @dataclass
 class Progress:
     """Callbacks for a front end: ``message(text)`` between phases and ``ppo_step(round,
-    step, total_steps, metrics)`` after every PPO step."""
+    step, total_steps, metrics)`` after every PPO step (round −1: the baseline)."""
 
     message: Callable[[str], None] = lambda text: None
     ppo_step: Callable[[int, int, int, dict], None] = lambda k, step, total, metrics: None
@@ -215,6 +229,11 @@ def run_pei(cfg: PEIConfig, progress: Progress | None = None) -> list[Decision]:
         decisions.append(run_round(setup, k, decisions, progress))
         if _is_main_process():
             write_report(setup, decisions)
+    if cfg.baseline:
+        result = run_baseline(setup, decisions, progress)
+        if _is_main_process():
+            write_report(setup, decisions)
+            progress.message(_baseline_line(result, decisions[-1]))
     return decisions
 
 
@@ -335,12 +354,14 @@ def prepare(cfg: PEIConfig, progress: Callable[[str], None]) -> Setup:
 
     paths = _resolve_paths(base)
     # the data before anything is written or trained: a bad file fails the run at once
-    prompts = load_prompts(paths["prompts"], "prompts")
+    prompts = load_prompts(paths["prompts"], "prompts", base.default_category)
     _check_refilter_categories(cfg, prompts, paths["prompts"])
     eval_rows = per_category_head(
-        load_prompts(paths["eval_prompts"], "eval_prompts"), cfg.eval_max_prompts
+        load_prompts(paths["eval_prompts"], "eval_prompts", base.default_category),
+        cfg.eval_max_prompts,
     )
-    pairs = load_records(_pairs_path(cfg), "prefs").to_list()
+    pairs = load_records(_pairs_path(cfg), "prefs", default_category=base.default_category)
+    pairs = pairs.to_list()
     if _is_main_process():
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
     if cfg.reward_model == "tiny":
@@ -460,6 +481,73 @@ def _evaluate_and_decide(
     )
 
 
+def ppo_budget(cfg: PEIConfig, base: PPOConfig, decisions: list[Decision]) -> int:
+    """PPO steps the rounds of ``decisions`` used: round 0's and each improvement round's."""
+    first = cfg.pretrain_steps or base.total_steps
+    return sum(first if d.round == 0 else cfg.round_steps or base.total_steps for d in decisions)
+
+
+def run_baseline(setup: Setup, decisions: list[Decision], progress: Progress) -> dict:
+    """Plain PPO on PEI's budget: from SFT with the PPO config's β and the initial mixture, as
+    many steps as the rounds used, then evaluated as a round is (``baseline/``). Returns
+    ``result.json`` ({steps, beta, overall_gain, gain}); kept when a rerun has the same budget."""
+    from align.ppo.run import run_ppo  # lazy: loads transformers; off 'align pei --help'
+
+    bdir = setup.out / "baseline"
+    steps = ppo_budget(setup.cfg, setup.base, decisions)
+    result_path = bdir / "result.json"
+    if result_path.is_file():
+        result = json.loads(result_path.read_text(encoding="utf-8"))
+        if result["steps"] == steps:
+            return result
+    ppo_cfg = baseline_ppo_config(setup, steps)
+    state = PartialState()
+    if state.is_main_process and ppo_cfg.resume_from is None:
+        shutil.rmtree(bdir, ignore_errors=True)  # another budget's run, or a crashed first step
+    state.wait_for_everyone()
+    progress.message(f"baseline: plain PPO, {steps} steps, β = {ppo_cfg.beta:g}")
+    run_ppo(ppo_cfg, lambda step, metrics: progress.ppo_step(-1, step, steps, metrics))
+    if state.is_main_process:
+        actor = latest_checkpoint(ppo_cfg.output_dir) / "actor"
+        progress.message("baseline: evaluating against the SFT policy")
+        measured = evaluate_round(setup, actor, bdir)
+        result = {
+            "steps": steps,
+            "beta": ppo_cfg.beta,
+            "overall_gain": measured.overall_gain,
+            "gain": measured.gain,
+        }
+        atomic_write_json(result_path, result)
+    state.wait_for_everyone()
+    return json.loads(result_path.read_text(encoding="utf-8"))
+
+
+def baseline_ppo_config(setup: Setup, steps: int) -> PPOConfig:
+    """Round 0's PPO config with the PPO config's own β and ``steps`` steps (resuming when a
+    checkpoint of this budget exists)."""
+    out = setup.out / "baseline" / "ppo"
+    same_budget = _saved_steps(out) == steps
+    return dataclasses.replace(
+        setup.base,
+        output_dir=str(out),
+        seed=setup.cfg.seed,
+        resume_from="latest" if same_budget and any(out.glob("checkpoints/step-*")) else None,
+        policy=str(setup.sft),
+        reference=None,
+        category_weights=setup.initial,
+        total_steps=steps,
+        run_name=f"{default_run_name(setup.base.run_name, setup.out)}/baseline",
+    )
+
+
+def _saved_steps(ppo_dir: Path) -> int | None:
+    """``total_steps`` of the PPO run saved in ``ppo_dir`` (its config.yaml), if any."""
+    path = ppo_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    return yaml.safe_load(path.read_text(encoding="utf-8")).get("total_steps")
+
+
 def round_ppo_config(setup: Setup, k: int, previous: Decision | None) -> PPOConfig:
     """Round 0 starts from SFT with β₀ and the initial mixture; round k continues the actor and
     critic of round k−1 with the β and mixture the controller chose."""
@@ -469,6 +557,7 @@ def round_ppo_config(setup: Setup, k: int, previous: Decision | None) -> PPOConf
         "output_dir": str(out),
         "seed": cfg.seed + k,
         "resume_from": "latest" if any(out.glob("checkpoints/step-*")) else None,
+        "run_name": f"{default_run_name(base.run_name, setup.out)}/round-{k}",
     }
     if previous is None:
         changes.update(
@@ -482,7 +571,7 @@ def round_ppo_config(setup: Setup, k: int, previous: Decision | None) -> PPOConf
         last = latest_checkpoint(setup.out / f"round-{k - 1}" / "ppo")
         changes.update(
             policy=str(last / "actor"),
-            critic=str(last / "critic"),
+            critic=str(last / "critic") if base.uses_critic() else None,  # grpo etc.: none
             critic_from_policy=False,
             reference=str(setup.sft if cfg.reference == "sft" else last / "actor"),
             beta=previous.next_beta,
@@ -496,8 +585,9 @@ def round_ppo_config(setup: Setup, k: int, previous: Decision | None) -> PPOConf
 
 def refilter_prompts(setup: Setup, k: int, actor: Path, out: Path) -> None:
     """Write the round's prompt set: the re-filtered sub-domains' kept prompts (confidence-interval
-    filter, METHODS §3, sampled by ``actor`` and scored by PPO's reward) plus every prompt of the
-    other sub-domains. Kept when it already exists (a resumed round trains on the same set)."""
+    filter, docs/methods.md §3, sampled by ``actor`` and scored by PPO's reward) plus every prompt
+    of the other sub-domains. Kept when it already exists (a resumed round trains on the same
+    set)."""
     if out.is_file():
         return
     cfg = setup.cfg
@@ -541,14 +631,29 @@ def evaluate_round(setup: Setup, actor: Path, rdir: Path) -> RoundMeasurements:
     verdicts = _judge(setup.cfg).judge(prompts, answers, sft_answers, categories, **columns)
     gsb = summarize(verdicts, categories, seed=setup.cfg.seed)
     alignment = rm_alignment(setup)
+    r_policy, r_sft, scored = _ppo_reward(setup, prompts, answers, sft_answers, categories, columns)
+    # a pair the reward could not score (a dropped sample) counts in neither table
+    kept = [v if ok else None for v, ok in zip(verdicts, scored)]
+    on_policy = on_policy_alignment(kept, r_policy, r_sft, categories)
+    hacking = reward_hacking(kept, r_policy, r_sft, categories)
     write_jsonl(
         [
             {"id": r.get("id"), "category": c, "answer": a, "sft_answer": b, "verdict": v}
-            for r, c, a, b, v in zip(rows, categories, answers, sft_answers, verdicts)
+            | {"reward": rp if ok else None, "sft_reward": rs if ok else None}
+            for r, c, a, b, v, rp, rs, ok in zip(
+                rows, categories, answers, sft_answers, verdicts, r_policy, r_sft, scored
+            )
         ],
         rdir / "answers.jsonl",
     )
-    atomic_write_json(rdir / "evaluation.json", {"gsb": gsb.to_dict(), "rm_alignment": alignment})
+    evaluation = {
+        "gsb": gsb.to_dict(),
+        "rm_alignment": alignment,
+        "rm_alignment_on_policy": on_policy,
+        "reward_hacking": hacking,
+        "reward_hacking_overall": overall(hacking, "rate"),
+    }
+    atomic_write_json(rdir / "evaluation.json", evaluation)
     per_category = {row.category: row for row in gsb.rows}
     return RoundMeasurements(
         gain={c: row.net_win_rate for c, row in per_category.items()},
@@ -556,7 +661,28 @@ def evaluate_round(setup: Setup, actor: Path, rdir: Path) -> RoundMeasurements:
         alignment={c: v["accuracy"] for c, v in alignment.items()},
         alignment_counts={c: v["n"] for c, v in alignment.items()},
         overall_gain=gsb.overall.net_win_rate,
+        on_policy_alignment={c: v["accuracy"] for c, v in on_policy.items()},
+        on_policy_counts={c: v["n"] for c, v in on_policy.items()},
     )
+
+
+def _ppo_reward(
+    setup: Setup,
+    prompts: list,
+    answers: list[str],
+    sft_answers: list[str],
+    categories: list[str],
+    columns: dict,
+) -> tuple[list[float], list[float], list[bool]]:
+    """PPO's reward of the policy's and SFT's answer to every eval prompt (one scoring pass over
+    answers the round already has): ``(r_policy [N], r_sft [N], scored [N])``."""
+    # lazy: these load transformers, kept off 'align pei --help'
+    from eval.judges import RewardJudge
+    from rm.functions import rewards_from_config
+
+    judge = RewardJudge(rewards_from_config(setup.base.rewards))
+    r_policy, r_sft, valid = judge.scores(prompts, answers, sft_answers, categories, **columns)
+    return r_policy.tolist(), r_sft.tolist(), valid.tolist()
 
 
 def rm_alignment(setup: Setup) -> dict[str, dict]:
@@ -643,6 +769,14 @@ def _summary_line(d: Decision) -> str:
     return (
         f"round {d.round}: net win vs SFT {d.overall_gain:+.1%}; "
         f"{moves or 'no changes'}; next β {d.next_beta:g}{stop}"
+    )
+
+
+def _baseline_line(result: dict, last: Decision) -> str:
+    return (
+        f"baseline (plain PPO, {result['steps']} steps, β = {result['beta']:g}): net win vs SFT "
+        f"{result['overall_gain']:+.1%}; PEI after round {last.round}: {last.overall_gain:+.1%} "
+        f"({last.overall_gain - result['overall_gain']:+.1%})"
     )
 
 

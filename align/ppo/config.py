@@ -17,6 +17,9 @@ from align.core.config import (
     missing_inputs_error,
 )
 from align.core.config import help_field as _help
+from align.core.core_algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES
+from align.core.tracking import check_report_to, project_field, report_to_field, run_name_field
+from align.ppo.online_filter import OnlineFilterConfig
 from rm.spec import REWARDS_EXPECTED, TINY_REWARD, RewardSpec, as_specs, tiny_reward
 from rollouts.config import RolloutConfig
 
@@ -44,8 +47,8 @@ OLD_SPELLINGS = {
 
 @dataclass
 class PPOConfig:
-    """PPO with actor, reference, critic and reward functions (METHODS §1). ``[S]`` marks values
-    the XuanYuan reports state; the others are our defaults."""
+    """PPO with actor, reference, critic and reward functions (docs/methods.md §1). ``[S]`` marks
+    values the XuanYuan reports state; the others are our defaults."""
 
     config_name: ClassVar[str] = "ppo"  # --config tiny → align/configs/ppo_tiny.yaml
     #: The shipped config a command line with no model path and no --config starts from.
@@ -88,6 +91,9 @@ class PPOConfig:
         "Held-out prompt records; required with a policy; none in the tiny world = its held-out "
         "prompts.",
         None,
+    )
+    default_category: str | None = _help(
+        "Category of prompt records that carry none (none: every record must carry one).", None
     )
     chat_format: str = _help("Chat format of the policy (xuanyuan, xuanyuan-6b, ziya2, hf).", "hf")
     category_weights: dict[str, float] | None = _help(
@@ -144,6 +150,11 @@ class PPOConfig:
     )
     rollout_batch_size: int = _help("Prompts per PPO step.", 32, ge=1)
     samples_per_prompt: int = _help("Completions per prompt.", 1, ge=1)
+    online_filter: OnlineFilterConfig = _help(
+        "Drop prompt groups whose score std or mean fails align filter's rules each step and "
+        "refill them (needs samples_per_prompt >= 2).",
+        factory=OnlineFilterConfig,
+    )
     max_prompt_length: int = _help(
         "Longer prompts are left-truncated (and counted). 1024 as OpenRLHF's default: room for a "
         "multi-turn financial question; the tiny config sets 128.",
@@ -197,6 +208,43 @@ class PPOConfig:
     dual_clip: float | None = _help(
         "Dual-clip constant c > 1 for negative advantages.", None, gt=1
     )
+    clip_eps_low: float | None = _help(
+        "Lower ratio clip (1 - this); none = clip_eps.", None, gt=0, lt=1
+    )
+    clip_eps_high: float | None = _help(
+        "Upper ratio clip (1 + this); none = clip_eps. Larger than the lower one = DAPO's "
+        "clip-higher (0.28 with 0.2 there), keeping low-probability tokens able to grow.",
+        None,
+        gt=0,
+    )
+    advantage_estimator: Literal[
+        "gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"
+    ] = _help(
+        "gae (critic, GAE); critic-free (no critic is loaded, no value pass runs): grpo (score "
+        "minus its prompt's mean, over the std), dr_grpo (without the std), rloo "
+        "(leave-one-out mean), reinforce_pp (REINFORCE++: returns with per-token KL, whitened "
+        "over the batch), reinforce_pp_baseline (the same after subtracting the prompt's mean). "
+        "The grouped ones (grpo, dr_grpo, rloo, reinforce_pp_baseline) need samples_per_prompt "
+        ">= 2 and gamma 1 (definitions and papers: align/core/core_algos.py).",
+        "gae",
+    )
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
+        _help(
+            "How the policy loss averages tokens: token-mean (every token alike), "
+            "seq-mean-token-mean (every answer alike, GRPO as published), "
+            "seq-mean-token-sum-norm (token sums over max_new_tokens, Dr. GRPO). The value "
+            "loss is always a token mean.",
+            "token-mean",
+        )
+    )
+    tis_cap: float | None = _help(
+        "Truncated importance sampling: weigh each token's policy loss by min(p_trainer / "
+        "p_engine, tis_cap), p_engine the rollout engine's sampling probability (vLLM's "
+        "kernels and precision differ from the trainer's); logged as policy/tis_*. None = off. "
+        "Yao et al. 2025 use 2.",
+        None,
+        gt=0,
+    )
     score_clip: float | None = _help(
         "Clip reward scores to ±this [DeepSpeed-Chat: 5].", 5.0, gt=0
     )
@@ -206,6 +254,27 @@ class PPOConfig:
     whiten_advantages: bool = _help("Whiten advantages per rollout batch.", True)
     vf_coef: float = _help(
         "Weight of the value loss (the critic has its own optimizer).", 1.0, ge=0
+    )
+    critic_warmup_steps: int = _help(
+        "The first N PPO steps train the critic alone (the actor's loss is left out and its "
+        "weights do not move); gae only.",
+        0,
+        ge=0,
+    )
+    critic_updates_per_step: int = _help(
+        "Critic updates per actor update: after each PPO step's joint epochs, N - 1 more "
+        "passes (ppo_epochs × num_minibatches each) train the critic alone; gae only.",
+        1,
+        ge=1,
+    )
+    critic_min_explained_variance: float | None = _help(
+        "Stop the run when the critic's explained variance of the returns stays below this "
+        "for critic_divergence_patience steps in a row (non-finite values stop it at once); "
+        "none = only the non-finite check.",
+        None,
+    )
+    critic_divergence_patience: int = _help(
+        "Steps in a row below critic_min_explained_variance before the run stops.", 5, ge=1
     )
     max_bad_steps: int = _help("Abort after this many non-finite losses in a row.", 3, ge=1)
 
@@ -229,10 +298,13 @@ class PPOConfig:
         ge=0,
     )
     resume_from: str | None = _help("Checkpoint directory to resume from, or 'latest'.", None)
-    report_to: list[str] = _help("accelerate trackers (tensorboard, wandb).", factory=list)
+    report_to: list[str] = report_to_field()
+    project: str = project_field()
+    run_name: str | None = run_name_field()
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        self.report_to = check_report_to(self.report_to)
         n = self.rollout_batch_size * self.samples_per_prompt
         if n % self.num_minibatches:
             raise ValueError(
@@ -241,6 +313,7 @@ class PPOConfig:
             )
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"kl_estimator: expected k1, k2 or k3, got {self.kl_estimator!r}")
+        self._check_estimator()
         longest = self.max_prompt_length + self.max_new_tokens  # one sample, never split
         if (self.max_tokens_per_micro_batch or longest) < longest:
             raise ValueError(
@@ -252,6 +325,49 @@ class PPOConfig:
             self.rewards = tiny_reward()  # empty = not given; a run with a policy requires them
         if isinstance(self.rollout, Mapping):  # given in code as a mapping
             self.rollout = build(RolloutConfig, self.rollout, "rollout")
+        if isinstance(self.online_filter, Mapping):  # given in code as a mapping
+            self.online_filter = build(OnlineFilterConfig, self.online_filter, "online_filter")
+        if self.online_filter.enabled and self.samples_per_prompt < 2:
+            raise ValueError(
+                f"online_filter.enabled: a group's std needs samples_per_prompt >= 2, got "
+                f"{self.samples_per_prompt}"
+            )
+
+    def uses_critic(self) -> bool:
+        """Whether the advantage estimator needs a critic (gae): otherwise none is built."""
+        return ADVANTAGE_ESTIMATORS[self.advantage_estimator].needs_critic
+
+    def _check_estimator(self) -> None:
+        """The estimator is known, and what it needs (groups, undiscounted returns, a critic
+        for the critic options) is there."""
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(
+                f"advantage_estimator: expected one of {sorted(ADVANTAGE_ESTIMATORS)}, "
+                f"got {self.advantage_estimator!r}"
+            )
+        if self.loss_agg_mode not in LOSS_AGG_MODES:
+            raise ValueError(
+                f"loss_agg_mode: expected one of {list(LOSS_AGG_MODES)}, got {self.loss_agg_mode!r}"
+            )
+        name = self.advantage_estimator
+        if ADVANTAGE_ESTIMATORS[name].grouped:
+            if self.samples_per_prompt < 2:
+                raise ValueError(
+                    f"samples_per_prompt: advantage_estimator {name} compares the answers to "
+                    f"one prompt, expected at least 2, got {self.samples_per_prompt}"
+                )
+            if self.gamma != 1.0:
+                raise ValueError(
+                    f"gamma: advantage_estimator {name} credits the whole answer with its "
+                    f"group-relative score, expected 1, got {self.gamma}"
+                )
+        if not self.uses_critic():
+            for field, default in (("critic_warmup_steps", 0), ("critic_updates_per_step", 1)):
+                if getattr(self, field) != default:
+                    raise ValueError(
+                        f"{field}: advantage_estimator {name} has no critic, expected "
+                        f"{default}, got {getattr(self, field)}"
+                    )
 
     def uses_tiny_world(self) -> bool:
         """No model path given (policy, critic, reference): the tiny world fills in the inputs
@@ -286,7 +402,7 @@ def missing_inputs(cfg: PPOConfig) -> list[tuple[str, str]]:
         return []
     empty = {
         "policy": cfg.policy is None,
-        "critic": cfg.critic is None and not cfg.critic_from_policy,
+        "critic": cfg.critic is None and not cfg.critic_from_policy and cfg.uses_critic(),
         "rewards": not cfg.rewards,
         "prompts": cfg.prompts is None,
         "eval_prompts": cfg.eval_prompts is None,

@@ -35,7 +35,7 @@ def _resolve_paths(cfg: PPOConfig) -> dict[str, Path | None]:
         check_inputs(cfg)
         return {
             "policy": Path(cfg.policy),
-            "critic": None if cfg.critic_from_policy else Path(cfg.critic),
+            "critic": Path(cfg.critic) if cfg.critic and not cfg.critic_from_policy else None,
             "reference": Path(cfg.reference) if cfg.reference else None,
             "prompts": Path(cfg.prompts),
             "eval_prompts": Path(cfg.eval_prompts),
@@ -62,7 +62,7 @@ def load_models(paths: dict, cfg: PPOConfig):
     ``critic_from_policy``) the policy directory loaded as a one-label sequence classifier: the
     policy's body, whatever its architecture, and a fresh head seeded by ``cfg.seed``."""
     for name in ("policy", "critic", "reference"):
-        if paths.get(name) is not None:
+        if paths.get(name) is not None and (name != "critic" or cfg.uses_critic()):
             check_model_dir(paths[name], name)
     tokenizer = AutoTokenizer.from_pretrained(paths["policy"])
     if tokenizer.pad_token_id is None:
@@ -81,10 +81,13 @@ def load_reference(paths: dict, cfg: PPOConfig, options: dict) -> torch.nn.Modul
     return load_pretrained(AutoModelForCausalLM, paths["policy"], "policy", **options)
 
 
-def load_critic(paths: dict, cfg: PPOConfig, options: dict) -> torch.nn.Module:
-    """The critic (see :func:`load_models`). From the policy, transformers builds the model's
-    own sequence-classification class and loads the body into it, so no attribute name of any
-    architecture is assumed; only the head is new."""
+def load_critic(paths: dict, cfg: PPOConfig, options: dict) -> torch.nn.Module | None:
+    """The critic (see :func:`load_models`); None for a critic-free ``advantage_estimator``
+    (nothing is loaded, a ``critic`` path given is not read). From the policy, transformers
+    builds the model's own sequence-classification class and loads the body into it, so no
+    attribute name of any architecture is assumed; only the head is new."""
+    if not cfg.uses_critic():
+        return None
     if paths["critic"] is not None:
         return load_pretrained(
             AutoModelForSequenceClassification, paths["critic"], "critic", num_labels=1, **options
@@ -138,7 +141,7 @@ def add_lora(actor, critic, cfg: PPOConfig):
     keep_dtype = {"autocast_adapter_dtype": False} if sharded_loading.zero3_enabled() else {}
     return (
         get_peft_model(actor, lora("CAUSAL_LM"), **keep_dtype),
-        get_peft_model(critic, lora("SEQ_CLS"), **keep_dtype),
+        None if critic is None else get_peft_model(critic, lora("SEQ_CLS"), **keep_dtype),
     )
 
 
@@ -202,14 +205,15 @@ def check_paths(cfg: PPOConfig) -> None:
     check_inputs(cfg)
     check_output_dir(cfg.output_dir, "output_dir")
     for name in ("policy", "critic", "reference"):
-        if getattr(cfg, name) and not (name == "critic" and cfg.critic_from_policy):
+        unused = name == "critic" and (cfg.critic_from_policy or not cfg.uses_critic())
+        if getattr(cfg, name) and not unused:
             check_model_dir(getattr(cfg, name), name)
 
 
-def load_prompts(path: Path, field: str) -> list[dict]:
+def load_prompts(path: Path, field: str, default_category: str | None = None) -> list[dict]:
     """The prompt records of ``path``; ValueError naming ``field`` and the file when it has
     none (training has nothing to sample, evaluation would be skipped silently)."""
-    rows = load_records(path, "prompts").to_list()
+    rows = load_records(path, "prompts", default_category).to_list()
     if not rows:
         raise ValueError(f"{field}: {path} has no prompt records (the file is empty)")
     return rows
@@ -221,8 +225,8 @@ def build_trainer(cfg: PPOConfig, engine: RolloutEngine | None = None) -> PPOTra
     resume = checkpoint_to_resume(cfg.output_dir, cfg.resume_from, "PPO", "trainer_state.pt")
     torch.manual_seed(cfg.seed)
     paths = _resolve_paths(cfg)
-    prompts = load_prompts(paths["prompts"], "prompts")
-    eval_prompts = load_prompts(paths["eval_prompts"], "eval_prompts")
+    prompts = load_prompts(paths["prompts"], "prompts", cfg.default_category)
+    eval_prompts = load_prompts(paths["eval_prompts"], "eval_prompts", cfg.default_category)
     # before any model loads: under DeepSpeed ZeRO-3 every model then loads partitioned
     accelerator = make_accelerator(cfg)
     options = load_options(cfg.dtype, cfg.attn_implementation)

@@ -1,11 +1,13 @@
-"""PPO with four models: actor, reference, critic and reward functions (METHODS §1).
+"""PPO with four models: actor, reference, critic and reward functions (docs/methods.md §1).
 
 One PPO step:
 
 1. draw ``rollout_batch_size`` prompts (category mixture weights), generate ``samples_per_prompt``
    completions each through the :class:`~rollouts.base.RolloutEngine`;
 2. without gradients: actor logprobs (old), reference logprobs, critic values, reward scores;
-3. per-token rewards ``-β·KL_t`` plus the score at the last token; GAE; whitening;
+3. per-token rewards ``-β·KL_t`` plus the score at the last token; the advantage estimator of
+   ``advantage_estimator`` (GAE with the critic's values; or a critic-free one: GRPO, Dr. GRPO,
+   RLOO, REINFORCE++ (+baseline), with no critic built and no value pass); whitening;
 4. ``ppo_epochs`` × ``num_minibatches`` optimizer steps of actor and critic (one AdamW, their
    learning rates as two parameter groups), each over micro-batches with the loss normalised by
    the minibatch's token count.
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
+from transformers import TrainerState
 
 from align.core import core_algos as ca
 from align.core import distributed
@@ -39,7 +42,9 @@ from align.core.data import messages_of
 from align.core.io import METRICS_FILE, MetricsFile, open_metrics
 from align.core.mixture import MixtureSampler
 from align.core.tensors import pack_by_token_budget, split_to_count
+from align.core.tracking import Tracker
 from align.ppo.config import PPOConfig
+from align.ppo.online_filter import online_filter_of
 from rm.functions import LocalRewardModel, WeightedReward, reward_inputs, score_rewards
 from rm.model import token_scores
 from rollouts.base import RolloutBatch, RolloutEngine, SamplingParams, left_pad, right_pad
@@ -52,7 +57,7 @@ class Experience:
 
     ``input_ids``/``attention_mask``/``position_ids`` are ``[N, P+T]`` (prompt left-padded,
     completion right-padded); the other tensors are ``[N, T]`` over completion tokens, except
-    ``scores`` ``[N]``.
+    ``scores`` ``[N]``. ``values`` and ``returns`` are None without a critic.
     """
 
     input_ids: torch.Tensor
@@ -61,10 +66,12 @@ class Experience:
     mask: torch.Tensor
     old_logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
-    values: torch.Tensor
+    values: torch.Tensor | None
     scores: torch.Tensor
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    rollout_logprobs: torch.Tensor | None = None  # the engine's sampling logprobs [N, T]
+    is_weights: torch.Tensor | None = None  # truncated importance weights [N, T] (tis_cap)
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -104,6 +111,11 @@ class Experience:
                 value = value[:, :keep]
             out[f.name] = value
         return Experience(**out)
+
+
+class CriticDivergedError(FloatingPointError):
+    """The critic's values are not finite, or explain the returns worse than
+    ``critic_min_explained_variance`` for ``critic_divergence_patience`` steps in a row."""
 
 
 #: Experience fields over prompt + completion columns (the others are over completion tokens).
@@ -180,12 +192,17 @@ def without_checkpointing(model: torch.nn.Module):
 
 class ActorCritic(torch.nn.Module):
     """Actor and critic as one module, so one ``accelerator.prepare`` (DDP or one DeepSpeed
-    engine) covers both and one forward computes logprobs, entropy and values together."""
+    engine) covers both and one forward computes logprobs, entropy and values together.
+    ``critic`` None (a critic-free advantage estimator): the forward's values are None."""
 
-    def __init__(self, actor: torch.nn.Module, critic: torch.nn.Module) -> None:
+    def __init__(self, actor: torch.nn.Module, critic: torch.nn.Module | None) -> None:
         super().__init__()
         self.actor, self.critic = actor, critic
         self.checkpointing_kwargs: dict = dict(NON_REENTRANT)
+
+    def trained_models(self) -> list[torch.nn.Module]:
+        """The actor, and the critic when there is one."""
+        return [m for m in (self.actor, self.critic) if m is not None]
 
     @property
     def is_gradient_checkpointing(self) -> bool:  # read by TRL's unwrap_model_for_generation
@@ -198,19 +215,20 @@ class ActorCritic(torch.nn.Module):
         gradients, so frozen embeddings under LoRA still pass gradients to the adapters."""
         if gradient_checkpointing_kwargs is not None:
             self.checkpointing_kwargs = dict(gradient_checkpointing_kwargs)
-        for model in (self.actor, self.critic):
+        for model in self.trained_models():
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs=dict(self.checkpointing_kwargs)
             )
 
     def gradient_checkpointing_disable(self) -> None:
-        for model in (self.actor, self.critic):
+        for model in self.trained_models():
             model.gradient_checkpointing_disable()
 
     def forward(self, exp: Experience, temperature: float, with_entropy: bool = False):
-        """``(logprobs [N, T], entropy [N, T] | None, values [N, T])``."""
+        """``(logprobs [N, T], entropy [N, T] | None, values [N, T] | None)``."""
         logprobs, entropy = completion_logprobs(self.actor, exp, temperature, with_entropy)
-        return logprobs, entropy, completion_values(self.critic, exp)
+        values = None if self.critic is None else completion_values(self.critic, exp)
+        return logprobs, entropy, values
 
 
 def frozen_reward_models(rewards: Sequence[WeightedReward]) -> list[torch.nn.Module]:
@@ -290,7 +308,7 @@ class PPOTrainer:
         cfg: PPOConfig,
         actor: torch.nn.Module,
         reference: torch.nn.Module | None,
-        critic: torch.nn.Module,
+        critic: torch.nn.Module | None,
         tokenizer,
         rewards: list[WeightedReward],
         prompts: list[dict],
@@ -312,9 +330,12 @@ class PPOTrainer:
         self.sampler = MixtureSampler(
             [r["category"] for r in prompts], cfg.category_weights, seed=cfg.seed
         )
+        # drops uninformative prompt groups and refills them; None when off (online_filter.py)
+        self.online_filter = online_filter_of(cfg, self.sampler.categories)
         self.param_counts = {
             f"params/{name}_{kind}": count
             for name, model in (("actor", actor), ("critic", critic))
+            if model is not None
             for kind, count in zip(("trainable", "total"), parameter_counts(model))
         }
         actor_critic = ActorCritic(actor, critic)
@@ -334,10 +355,14 @@ class PPOTrainer:
             else ca.FixedKLController(cfg.beta)
         )
         self.score_stats = ca.RunningMoments()
+        self.estimator = ca.ADVANTAGE_ESTIMATORS[cfg.advantage_estimator]
+        self.critic_bad_steps = 0  # steps in a row below critic_min_explained_variance
+        self.estimator_metrics: dict[str, float] = {}  # this step's, from compute_advantages
         self.step, self.bad_steps = 0, 0
         self.non_finite: set[str] = set()  # what was not finite in the current run of bad steps
         self.synced_at_step: int | None = None
         self.out = Path(cfg.output_dir)
+        self.tracker = Tracker()  # opened by train() on the main process
         self.sampling = SamplingParams(
             max_new_tokens=cfg.max_new_tokens,
             top_k=cfg.top_k,
@@ -357,19 +382,15 @@ class PPOTrainer:
         return ids
 
     def _prepare(self, model: ActorCritic):
-        """One AdamW with the actor's and the critic's learning rates as two parameter groups."""
+        """One AdamW with the actor's and the critic's learning rates as two parameter groups
+        (one without a critic)."""
         from transformers import get_scheduler  # lazy: transformers.optimization loads peft
 
         cfg = self.cfg
         groups = [
-            {
-                "params": [p for p in model.actor.parameters() if p.requires_grad],
-                "lr": cfg.actor_lr,
-            },
-            {
-                "params": [p for p in model.critic.parameters() if p.requires_grad],
-                "lr": cfg.critic_lr,
-            },
+            {"params": [p for p in part.parameters() if p.requires_grad], "lr": lr}
+            for part, lr in ((model.actor, cfg.actor_lr), (model.critic, cfg.critic_lr))
+            if part is not None  # no critic: one group
         ]
         optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         per_step = cfg.ppo_epochs * cfg.num_minibatches
@@ -475,6 +496,10 @@ class PPOTrainer:
         with actor.disable_adapter():
             return completion_logprobs(actor, exp, self.cfg.temperature)[0]
 
+    def _trainer_state(self) -> TrainerState:
+        """What TRL hands reward functions as ``trainer_state``: the step about to be taken."""
+        return TrainerState(global_step=self.step, max_steps=self.cfg.total_steps)
+
     @torch.no_grad()
     def make_experience(self, rows: list[dict], prompt_ids: list[list[int]], times: dict):
         """Generate, score and evaluate this process's share; returns (Experience, info)."""
@@ -492,7 +517,8 @@ class PPOTrainer:
             prompts, columns = reward_inputs(sample_rows)
             columns.update(prompt_ids=batch.prompt_ids, completion_ids=batch.completion_ids)
             with self._frozen_on_device(self.reward_models):
-                scored = score_rewards(self.rewards, prompts, texts, columns)
+                scored = score_rewards(self.rewards, prompts, texts, columns,
+                                       extras={"trainer_state": self._trainer_state()})  # fmt: skip
             scores, parts = scored.total, scored.parts
             exp.mask = exp.mask & scored.kept.to(dev)[:, None]  # dropped samples: no tokens
         truncated = torch.tensor([f == "length" for f in batch.finish_reasons])
@@ -502,6 +528,8 @@ class PPOTrainer:
         with self._timer(times, "policy_value_forward"):
             exp.old_logprobs, _, exp.values = self.model(exp, self.cfg.temperature)
         gap = self._logprob_gap(batch, exp.old_logprobs, mask.to(dev))
+        if self.cfg.tis_cap is not None:  # the engine's sampling logprobs, for TIS weights
+            exp.rollout_logprobs = batch.padded_completions(0)[1].to(exp.old_logprobs)
         with self._timer(times, "reference"):
             exp.ref_logprobs = self._reference_logprobs(exp)
         exp.scores = scores.to(dev)
@@ -538,7 +566,11 @@ class PPOTrainer:
         return torch.stack(self._global_sum(*x.reshape(-1))).reshape(x.shape).to(x)
 
     def compute_advantages(self, exp: Experience) -> torch.Tensor:
-        """Shape rewards, GAE, whiten; fills ``exp.advantages``/``returns``; returns KL [N, T]."""
+        """Scores (normalised, clipped), then the ``advantage_estimator`` over the per-token KL
+        rewards, whitened as the estimator says (globally); then the truncated importance
+        weights (``tis_cap``) and the critic's diagnostics. Fills ``exp.advantages``,
+        ``returns`` (None without a critic) and ``is_weights``, and :attr:`estimator_metrics`;
+        returns KL [N, T]."""
         cfg = self.cfg
         scores = exp.scores
         if cfg.normalize_rewards:
@@ -546,50 +578,131 @@ class PPOTrainer:
             kept = self.accelerator.gather(exp.mask.any(dim=1))
             self.score_stats.update(self.accelerator.gather(scores)[kept])
             scores = self.score_stats.normalize(scores)
+        if cfg.score_clip is not None:
+            scores = scores.clamp(min=-cfg.score_clip, max=cfg.score_clip)
         kl = ca.kl_penalty(exp.old_logprobs, exp.ref_logprobs, exp.mask, cfg.kl_estimator)
-        rewards = ca.shape_rewards(scores, kl, exp.mask, self.kl_ctl.value, cfg.score_clip)
-        advantages, returns = ca.gae(rewards, exp.values, exp.mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
+        advantages, returns = self.estimator.estimate(
+            scores,
+            -self.kl_ctl.value * kl,
+            exp.values,
+            exp.mask,
+            group_size=cfg.samples_per_prompt,  # a prompt's answers are adjacent rows
+            gamma=cfg.gamma,
+            lam=cfg.lam,
+        )
+        whiten = self.estimator.whiten
+        if whiten or (whiten is None and cfg.whiten_advantages):
             advantages = ca.masked_whiten(advantages, exp.mask, reduce=self._sum_over_processes)
         exp.advantages, exp.returns = advantages, returns
+        self.estimator_metrics = {**self._importance_weights(exp), **self._critic_metrics(exp)}
         return kl
+
+    def _importance_weights(self, exp: Experience) -> dict[str, float]:
+        """``exp.is_weights`` from the engine's sampling logprobs (``tis_cap``); returns their
+        global mean, the share of tokens at the cap and the largest weight before it."""
+        if self.cfg.tis_cap is None:
+            return {}
+        exp.is_weights, stats = ca.truncated_is_weights(
+            exp.old_logprobs, exp.rollout_logprobs, exp.mask, self.cfg.tis_cap
+        )
+        n = exp.mask.sum()
+        weight, capped, count = self._global_sum(
+            stats["tis_weight"] * n, stats["tis_capped"] * n, n
+        )
+        peak = stats["tis_raw_max"]
+        if self.accelerator.num_processes > 1:
+            peak = self.accelerator.gather(peak.reshape(1)).max()
+        count = count.clamp(min=1)
+        return {
+            "policy/tis_weight_mean": float(weight / count),
+            "policy/tis_capped_frac": float(capped / count),
+            "policy/tis_raw_weight_max": float(peak),
+        }
+
+    def _critic_metrics(self, exp: Experience) -> dict[str, float]:
+        """Explained variance of the returns by the rollout's values and their mean squared
+        error (global); stops the run when the critic diverges (:meth:`_check_critic`)."""
+        if exp.values is None:
+            return {}
+        (bad,) = self._global_sum((~torch.isfinite(exp.values) & exp.mask).sum())
+        if bad > 0:
+            raise CriticDivergedError(
+                f"critic diverged at step {self.step + 1}: {int(bad)} non-finite values; lower "
+                f"critic_lr, raise critic_warmup_steps or check the critic initialisation"
+            )
+        reduce = self._sum_over_processes
+        ev = float(ca.explained_variance(exp.values, exp.returns, exp.mask, reduce=reduce))
+        error = ca.masked_moments((exp.values - exp.returns) ** 2, exp.mask, reduce=reduce)[0]
+        self._check_critic(ev)
+        return {"critic/explained_variance": ev, "critic/value_error": float(error)}
+
+    def _check_critic(self, explained_variance: float) -> None:
+        """``critic_divergence_patience`` steps in a row with the explained variance below
+        ``critic_min_explained_variance`` raise :class:`CriticDivergedError` (NaN, returns that
+        do not vary, breaks the run of steps)."""
+        floor = self.cfg.critic_min_explained_variance
+        if floor is None:
+            return
+        self.critic_bad_steps = self.critic_bad_steps + 1 if explained_variance < floor else 0
+        if self.critic_bad_steps >= self.cfg.critic_divergence_patience:
+            raise CriticDivergedError(
+                f"critic diverged: explained variance below critic_min_explained_variance "
+                f"{floor} for {self.critic_bad_steps} PPO steps in a row (the last at step "
+                f"{self.step + 1}: {explained_variance:.4f}); lower critic_lr, raise "
+                f"critic_warmup_steps or critic_updates_per_step, or check the critic "
+                f"initialisation"
+            )
 
     # ------------------------------------------------------------ optimisation
 
-    def _micro_losses(self, mb: Experience, num_tokens: torch.Tensor):
-        """Losses normalised by the global token count, times W because DDP and DeepSpeed
-        average gradients over processes: the gradient is then that of one big batch."""
+    def _micro_losses(self, mb: Experience, norm: tuple[torch.Tensor, torch.Tensor]):
+        """Losses normalised by the global token and sequence counts ``norm`` (``loss_agg_mode``),
+        times W because DDP and DeepSpeed average gradients over processes: the gradient is then
+        that of one big batch. Without a critic the value loss is 0 and not reported."""
         cfg = self.cfg
+        num_tokens, num_seqs = norm
         logprobs, entropy, values = self.model(mb, cfg.temperature, with_entropy=True)
         pg, pg_stats = ca.policy_loss(
-            logprobs, mb.old_logprobs, mb.advantages, mb.mask, cfg.clip_eps, cfg.dual_clip
+            logprobs,
+            mb.old_logprobs,
+            mb.advantages,
+            mb.mask,
+            cfg.clip_eps if cfg.clip_eps_low is None else cfg.clip_eps_low,
+            cfg.dual_clip,
+            clip_eps_high=cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high,
+            is_weights=mb.is_weights,
         )
-        vf, vf_stats = ca.value_loss(values, mb.values, mb.returns, mb.mask, cfg.value_clip_eps)
         scale = self.accelerator.num_processes
-        pg_loss = ca.aggregate(pg, mb.mask, num_tokens) * scale
-        vf_loss = cfg.vf_coef * ca.aggregate(vf, mb.mask, num_tokens) * scale
+        pg_loss = scale * ca.aggregate(
+            pg, mb.mask, num_tokens, cfg.loss_agg_mode, num_seqs, norm_length=cfg.max_new_tokens
+        )
         share = mb.mask.sum() / num_tokens  # this micro-batch's share of the global tokens
         stats = {
             "policy/approxkl_avg": pg_stats["approxkl"] * share,
             "policy/clipfrac_avg": pg_stats["clipfrac"] * share,
             "val/ratio": pg_stats["ratio"] * share,
-            "val/clipfrac_avg": vf_stats["vf_clipfrac"] * share,
             "policy/entropy_avg": ca.masked_mean(entropy, mb.mask) * share,
             "loss/policy_avg": pg_loss.detach() / scale,
-            "loss/value_avg": vf_loss.detach() / scale,
         }
+        if values is None:
+            return pg_loss, torch.zeros((), device=pg_loss.device), stats
+        vf, vf_stats = ca.value_loss(values, mb.values, mb.returns, mb.mask, cfg.value_clip_eps)
+        vf_loss = cfg.vf_coef * ca.aggregate(vf, mb.mask, num_tokens) * scale
+        stats["val/clipfrac_avg"] = vf_stats["vf_clipfrac"] * share
+        stats["loss/value_avg"] = vf_loss.detach() / scale
         return pg_loss, vf_loss, stats
 
     def _clip_gradients(self) -> torch.Tensor:
         """Clip the actor's and the critic's gradients to ``max_grad_norm`` each; returns their
-        norms before clipping, ``[2]`` float64 on the CPU. DeepSpeed clips in its own step (and
-        skips a step whose norm is not finite): its global norm then stands for both."""
+        norms before clipping, ``[2]`` (``[1]`` without a critic) float64 on the CPU. DeepSpeed
+        clips in its own step (and skips a step whose norm is not finite): its global norm then
+        stands for both."""
         acc, limit = self.accelerator, self.cfg.max_grad_norm
         if acc.distributed_type == "DEEPSPEED":
             norm = acc.clip_grad_norm_(self.model.parameters(), limit)  # the engine's, no clipping
             return torch.full((2,), 0.0 if norm is None else float(norm), dtype=torch.float64)
-        models = acc.unwrap_model(self.model)
-        norms = [acc.clip_grad_norm_(m.parameters(), limit) for m in (models.actor, models.critic)]
+        models = acc.unwrap_model(self.model).trained_models()
+        norms = [acc.clip_grad_norm_(m.parameters(), limit) for m in models]
         return torch.stack([torch.as_tensor(n, dtype=torch.float64).cpu() for n in norms])
 
     def _micro_batches(self, minibatch: Experience) -> list[Experience]:
@@ -627,57 +740,100 @@ class PPOTrainer:
         finally:
             acc.sync_gradients = True
 
-    def _accumulate_gradients(self, minibatch: Experience) -> tuple[dict[str, torch.Tensor], bool]:
+    def _accumulate_gradients(
+        self, minibatch: Experience, with_actor: bool = True
+    ) -> tuple[dict[str, torch.Tensor], bool]:
         """Forward and backward over the minibatch's micro-batches, gradients summed; returns
         the summed stats and whether every loss was finite. Each loss is normalised by the
-        minibatch's global token count, so how the rows are split does not change the sum."""
-        (num_tokens,) = self._global_sum(minibatch.mask.sum())
-        num_tokens = num_tokens.float().clamp(min=1)
+        minibatch's global token (and sequence) count, so how the rows are split does not
+        change the sum. ``with_actor`` False: the policy loss weighs 0 (a critic-only step;
+        it stays in the graph so DDP sees every parameter used)."""
+        valid = minibatch.mask
+        norm = self._global_sum(valid.sum(), valid.any(dim=1).sum())
+        norm = tuple(x.float().clamp(min=1).to(valid.device) for x in norm)
         totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         finite = True
         batches = self._micro_batches(minibatch)
         for i, mb in enumerate(batches):
-            pg_loss, vf_loss, stats = self._micro_losses(mb, num_tokens)
+            pg_loss, vf_loss, stats = self._micro_losses(mb, norm)
             finite = finite and bool(torch.isfinite(pg_loss) and torch.isfinite(vf_loss))
+            if not with_actor:
+                pg_loss = pg_loss * 0.0
             self._backward(pg_loss + vf_loss, last=i == len(batches) - 1)
             for k, v in stats.items():
                 totals[k] += v.detach().double().cpu()
         return totals, finite
 
-    def _optimizer_step(self, minibatch: Experience) -> dict[str, torch.Tensor] | str:
+    def _optimizer_step(
+        self, minibatch: Experience, with_actor: bool = True, schedule: bool = True
+    ) -> dict[str, torch.Tensor] | str:
         """One step over a minibatch in micro-batches; returns its stats. When a loss or a
         gradient norm is not finite on any process, every process skips the step together and
-        it returns what was not finite: ``"loss"`` or ``"gradient norm"``."""
-        totals, finite = self._accumulate_gradients(minibatch)
-        norms = self._clip_gradients()
-        bad_loss, bad_grad = self._global_sum(
-            torch.tensor(float(not finite)), torch.tensor(float(not torch.isfinite(norms).all()))
-        )
-        if bad_loss > 0 or bad_grad > 0:  # every process skips together
-            self.optimizer.zero_grad()
-            return "loss" if bad_loss > 0 else "gradient norm"
-        self.optimizer.step()
-        self.scheduler.step()
+        it returns what was not finite: ``"loss"`` or ``"gradient norm"``. ``with_actor``
+        False: a critic-only step (the actor does not move); ``schedule`` False: the learning
+        rate schedule does not advance (the extra critic passes)."""
+        with self._actor_frozen(not with_actor):
+            totals, finite = self._accumulate_gradients(minibatch, with_actor)
+            norms = self._clip_gradients()
+            bad_loss, bad_grad = self._global_sum(
+                torch.tensor(float(not finite)),
+                torch.tensor(float(not torch.isfinite(norms).all())),
+            )
+            if bad_loss > 0 or bad_grad > 0:  # every process skips together
+                self.optimizer.zero_grad()
+                return "loss" if bad_loss > 0 else "gradient norm"
+            if not with_actor and self.accelerator.distributed_type != "DEEPSPEED":
+                for p in self.accelerator.unwrap_model(self.model).actor.parameters():
+                    p.grad = None  # AdamW skips it: no moment update, no weight decay
+            self.optimizer.step()
+        if schedule:
+            self.scheduler.step()
         self.optimizer.zero_grad()
         return totals
 
+    @contextmanager
+    def _actor_frozen(self, frozen: bool) -> Iterator[None]:
+        """The actor's learning rate (parameter group 0) is 0 inside the block when ``frozen``:
+        under DeepSpeed the step runs inside the last backward and its gradients cannot be
+        dropped, so a zero rate is what keeps the actor where it is."""
+        if not frozen:
+            yield
+            return
+        group = self.optimizer.param_groups[0]
+        saved, group["lr"] = group["lr"], 0.0
+        try:
+            yield
+        finally:
+            group["lr"] = saved
+
     def train_on(self, exp: Experience) -> dict[str, float]:
-        """``ppo_epochs`` × ``num_minibatches`` optimizer steps; mean stats over them."""
+        """``ppo_epochs`` × ``num_minibatches`` optimizer steps (critic only during
+        ``critic_warmup_steps``), then ``critic_updates_per_step - 1`` more passes of critic-only
+        steps (their value loss reported as ``loss/value_extra_avg``); mean stats over them."""
+        cfg = self.cfg
         self.model.train()
         n = exp.mask.shape[0]
-        size = n // self.cfg.num_minibatches
-        gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + self.step)
+        size = n // cfg.num_minibatches
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + self.step)
         collected: dict[str, list[torch.Tensor]] = defaultdict(list)
-        for _ in range(self.cfg.ppo_epochs):
-            order = torch.randperm(n, generator=gen).to(exp.mask.device)
-            for start in range(0, n, size):
-                stats = self._optimizer_step(exp.select(order[start : start + size]))
-                if isinstance(stats, str):  # skipped: what was not finite
-                    collected["skipped"].append(torch.ones((), dtype=torch.float64))
-                    self.non_finite.add(stats)
-                    continue
-                for k, v in stats.items():
-                    collected[k].append(v)
+        with_actor = self.step >= cfg.critic_warmup_steps
+        for extra in range(cfg.critic_updates_per_step):
+            for _ in range(cfg.ppo_epochs):
+                order = torch.randperm(n, generator=gen).to(exp.mask.device)
+                for start in range(0, n, size):
+                    stats = self._optimizer_step(
+                        exp.select(order[start : start + size]),
+                        with_actor=with_actor and not extra,
+                        schedule=not extra,
+                    )
+                    if isinstance(stats, str):  # skipped: what was not finite
+                        collected["skipped"].append(torch.ones((), dtype=torch.float64))
+                        self.non_finite.add(stats)
+                        continue
+                    if extra:
+                        stats = {"loss/value_extra_avg": stats["loss/value_avg"]}
+                    for k, v in stats.items():
+                        collected[k].append(v)
         summed = {k: torch.stack(v).mean() for k, v in collected.items()}
         return {k: float(v) for k, v in zip(summed, self._global_sum(*summed.values()))}
 
@@ -692,9 +848,12 @@ class PPOTrainer:
     def ppo_step(self) -> dict[str, float]:
         """Draw prompts, make experience, update; returns this step's (global) metrics."""
         times: dict[str, float] = {}
-        index = self._my_share(self.sampler.sample(self.cfg.rollout_batch_size))
-        rows = [self.prompts[i] for i in index]
-        exp, info = self.make_experience(rows, [self.prompt_ids[i] for i in index], times)
+        if self.online_filter is not None:  # draws, generates, filters and refills groups
+            exp, info = self.online_filter.experience(self, times)
+        else:
+            index = self._my_share(self.sampler.sample(self.cfg.rollout_batch_size))
+            rows = [self.prompts[i] for i in index]
+            exp, info = self.make_experience(rows, [self.prompt_ids[i] for i in index], times)
         kl = self.compute_advantages(exp)
         with self._timer(times, "train"):
             stats = self.train_on(exp)
@@ -703,7 +862,8 @@ class PPOTrainer:
         metrics = self._rollout_metrics(exp, info, seq_kl)
         if metrics["objective/kl"] == metrics["objective/kl"]:  # NaN when every sample dropped
             self.kl_ctl.update(metrics["objective/kl"], self.cfg.rollout_batch_size)
-        return {**metrics, **stats, **times}
+        filtered = info.get("online_filter", {})
+        return {**metrics, **self.estimator_metrics, **stats, **times, **filtered}
 
     def _check_finite(self, stats: dict) -> None:
         """Count PPO steps whose every optimizer step was skipped (a non-finite loss or gradient
@@ -777,8 +937,9 @@ class PPOTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Answers to the held-out prompts: mean combined score, overall and per category."""
-        if not self.eval_prompts:
+        """Answers to the held-out prompts: mean combined score, overall and per category
+        (none when there are no held-out prompts or ``eval_max_prompts`` is 0)."""
+        if not self.eval_prompts or self.cfg.eval_max_prompts == 0:
             return {}
         rows = self.eval_prompts[: self.cfg.eval_max_prompts]
         world = self.accelerator.num_processes
@@ -795,7 +956,8 @@ class PPOTrainer:
         texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
         prompts, columns = reward_inputs(mine)
         with self._frozen_on_device(self.reward_models):
-            scored = score_rewards(self.rewards, prompts, texts, columns)
+            scored = score_rewards(self.rewards, prompts, texts, columns,
+                                   extras={"trainer_state": self._trainer_state()})  # fmt: skip
         results = list(
             zip(
                 [r["category"] for r in mine],
@@ -817,6 +979,13 @@ class PPOTrainer:
         }
         for c in sorted({c for c, *_ in results}):
             out[f"eval/score/{c}"] = kept_mean([s for k, s, _, ok in results if k == c and ok])
+        self.tracker.log_samples(  # this process's answers: the main process's are logged
+            [
+                {"prompt": p, "answer": t, "score": s}
+                for p, t, s in zip(prompts, texts, scored.total.tolist())
+            ],
+            step=self.step,
+        )
         return out
 
     def train(self, progress: Callable[[int, dict], None] = lambda step, m: None) -> dict:
@@ -825,9 +994,9 @@ class PPOTrainer:
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-        if cfg.report_to:
-            scalars = {k: v for k, v in vars(cfg).items() if isinstance(v, int | float | str)}
-            self.accelerator.init_trackers("align-ppo", config=scalars)
+        if self.accelerator.is_main_process:
+            config = {k: v for k, v in vars(cfg).items() if isinstance(v, int | float | str)}
+            self.tracker = Tracker.start(cfg.report_to, self.out, cfg.project, cfg.run_name, config)
         metrics: dict = {}
         if self.step == 0:
             counts = {**self.param_counts, "prompts/truncated": self.truncated_prompts}
@@ -845,19 +1014,20 @@ class PPOTrainer:
                 self.save_checkpoint()
             progress(self.step, metrics)
         self.accelerator.end_training()
+        self.tracker.finish()
         return metrics
 
     def _log(self, metrics: dict) -> None:
         if not self.accelerator.is_main_process:
             return
         MetricsFile(self.out / METRICS_FILE).append(metrics)
-        if self.cfg.report_to:
-            self.accelerator.log(metrics, step=metrics["step"])
+        self.tracker.log(metrics, step=metrics["step"])
 
     # ------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
-        """``checkpoints/step-N/``: ``actor/`` and ``critic/`` in HF format (safetensors), the
+        """``checkpoints/step-N/``: ``actor/`` and ``critic/`` (when there is one) in HF format
+        (safetensors), the
         accelerate state (models, optimizer, scheduler, RNG of every process) and
         ``trainer_state.pt``. Written to a temporary directory and renamed, so a crash never
         leaves half a checkpoint."""
@@ -868,6 +1038,8 @@ class PPOTrainer:
             if acc.is_main_process:
                 unwrapped = acc.unwrap_model(self.model)
                 for name in ("actor", "critic"):
+                    if getattr(unwrapped, name) is None:  # a critic-free estimator
+                        continue
                     prefix = f"{name}."
                     part = {
                         k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)
@@ -884,9 +1056,11 @@ class PPOTrainer:
         return {
             "step": self.step,
             "bad_steps": self.bad_steps,
+            "critic_bad_steps": self.critic_bad_steps,
             "kl_ctl": self.kl_ctl.state_dict(),
             "score_stats": self.score_stats.state_dict(),
             "sampler": self.sampler.state_dict(),
+            "online_filter": self.online_filter and self.online_filter.state_dict(),
         }
 
     def load_checkpoint(self, path: Path) -> None:
@@ -896,9 +1070,12 @@ class PPOTrainer:
         state = load_data_only(path / "trainer_state.pt")  # data only: nothing in it runs
         restore_accelerate_state(self.accelerator, path / "accelerate")
         self.step, self.bad_steps = state["step"], state["bad_steps"]
+        self.critic_bad_steps = state.get("critic_bad_steps", 0)  # absent before issue 18
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.score_stats.load_state_dict(state["score_stats"])
         self.sampler.load_state_dict(state["sampler"])
+        if self.online_filter is not None and state.get("online_filter") is not None:
+            self.online_filter.load_state_dict(state["online_filter"])
         if self.accelerator.is_main_process:
             open_metrics(self.out / METRICS_FILE, self.step)  # drop a killed run's tail
 
@@ -906,4 +1083,4 @@ class PPOTrainer:
 def make_accelerator(cfg: PPOConfig):
     """The run's ``Accelerator`` (trackers of ``report_to``), several processes on a CPU-only
     machine included (:func:`align.core.distributed.make_accelerator`)."""
-    return distributed.make_accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)
+    return distributed.make_accelerator(project_dir=cfg.output_dir)  # trackers: align.core.tracking

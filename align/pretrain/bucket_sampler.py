@@ -1,13 +1,13 @@
 """Batches of bucketed instances: constant tokens per step, one bucket per step, every rank alike.
 
-METHODS §5: "constant tokens per step, a shuffled list of per-bucket batches, the same bucket on
-every rank at a step". For a bucket of length ``L`` a global batch holds ``tokens_per_step / L``
-instances, split evenly across ranks. Each epoch, every bucket's instances are shuffled and cut
-into global batches; the list of all batches is shuffled with a generator seeded by
-``(seed, epoch)``, which every rank builds identically, so at step ``k`` every rank reads its own
-slice of the same global batch. A bucket's share of the steps is exactly its share of the batches;
-the order is random. Instances that do not fill a last global batch are left out of that epoch
-(counted in :attr:`BucketBatchSampler.dropped`); they are reshuffled into the next one.
+docs/methods.md §5: "constant tokens per step, a shuffled list of per-bucket batches, the same
+bucket on every rank at a step". For a bucket of length ``L`` a global batch holds
+``tokens_per_step / L`` instances, split evenly across ranks. Each epoch, every bucket's instances
+are shuffled and cut into global batches; the list of all batches is shuffled with a generator
+seeded by ``(seed, epoch)``, which every rank builds identically, so at step ``k`` every rank reads
+its own slice of the same global batch. A bucket's share of the steps is exactly its share of the
+batches; the order is random. Instances that do not fill a last global batch are left out of that
+epoch (counted in :attr:`BucketBatchSampler.dropped`); they are reshuffled into the next one.
 """
 
 from __future__ import annotations

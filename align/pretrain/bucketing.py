@@ -1,7 +1,7 @@
 """Multi-bucket composition of pretraining instances, the fixed-length baseline, and their metrics.
 
-METHODS §5 (XuanYuan2 report; the bucketing paper, arXiv 2407.07495). Pure: works on document
-*lengths* and returns plans; :func:`materialize` turns a plan into token rows.
+docs/methods.md §5 (XuanYuan2 report; the bucketing paper, arXiv 2407.07495). Pure: works on
+document *lengths* and returns plans; :func:`materialize` turns a plan into token rows.
 
 A plan is a list of :class:`Instance`. An instance has a size (a bucket length) and the
 :class:`Piece` s laid end to end in it, each a token range ``[start, end)`` of one document; the

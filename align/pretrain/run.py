@@ -1,5 +1,5 @@
 """``recipes/pretrain.py``: continued pretraining on bucketed documents with per-category loss
-and the dynamic mixture per stage (METHODS §5, §6).
+and the dynamic mixture per stage (docs/methods.md §5, §6).
 
 A run is ``num_stages`` stages. Each stage draws ``stage_documents`` training documents by the
 current category weights (:func:`align.core.mixture.epoch_composition`), composes them into bucket
@@ -51,6 +51,13 @@ from align.core.mixture import epoch_composition, initial_mix
 from align.core.mixture_control import MixtureControlConfig, MixtureController
 from align.core.models import load_options, load_pretrained
 from align.core.tensors import token_category_loss_sums
+from align.core.tracking import (
+    Tracker,
+    check_report_to,
+    project_field,
+    report_to_field,
+    run_name_field,
+)
 from align.pretrain.bucket_sampler import BucketBatchSampler
 from align.pretrain.bucketing import (
     BucketConfig,
@@ -111,7 +118,7 @@ class PretrainConfig:
     )
     dynamic_mix: bool = _help("Move the weights after each stage by held-out loss [S].", True)
     mix: MixtureControlConfig = _help(
-        "The mixture controller [P] (METHODS §6).", factory=MixtureControlConfig
+        "The mixture controller [P] (docs/methods.md §6).", factory=MixtureControlConfig
     )
     dtype: Literal["float32", "bfloat16", "float16"] = _help(
         "Dtype the model is loaded in (float32, bfloat16, float16). With DeepSpeed, bf16/fp16 "
@@ -143,9 +150,13 @@ class PretrainConfig:
         "Checkpoint to continue from: 'latest' (highest checkpoints/step-N of output_dir) or a "
         "directory; none = start afresh."
     )
+    report_to: list[str] = report_to_field()
+    project: str = project_field()
+    run_name: str | None = run_name_field()
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        self.report_to = check_report_to(self.report_to)
         BucketConfig(tuple(self.buckets), self.pad_threshold, self.pool_size)  # validates
         if self.micro_batch_tokens is not None and self.micro_batch_tokens % max(self.buckets):
             raise ValueError(
@@ -271,6 +282,7 @@ class BucketPretrainer:
         self.accelerator = accelerator or make_accelerator(micro_batches_per_step(cfg))
         self.accum = self.accelerator.gradient_accumulation_steps
         self.out = Path(cfg.output_dir)
+        self.tracker = Tracker()  # opened by run() on the main process
         self.step = 0  # optimizer steps taken
         # where the run stands: the stage, the batches of its sampler already trained, the
         # held-out losses before training (None = not started) and the finished stages
@@ -464,6 +476,7 @@ class BucketPretrainer:
         """One line of ``metrics.jsonl`` (main process); every record has its ``step``."""
         if self.accelerator.is_main_process:
             MetricsFile(self.out / METRICS_FILE).append(record)
+            self.tracker.log(record, step=record["step"])
 
     def train(self, progress=lambda step, metrics: None) -> dict:
         """Evaluate; then per stage: compose, train, evaluate, move the mixture, checkpoint.
@@ -558,7 +571,8 @@ class BucketPretrainer:
 
 
 # fields that may change on resume without changing the rest of the run
-_RESUME_FREE = {"resume_from", "save_every", "save_total_limit", "output_dir"}
+_RESUME_FREE = {"resume_from", "save_every", "save_total_limit", "output_dir", "report_to"}
+_RESUME_FREE |= {"project", "run_name"}
 
 
 def warn_config_changes(saved: dict, cfg: PretrainConfig) -> None:
@@ -643,6 +657,7 @@ def run(cfg: PretrainConfig, progress=lambda step, metrics: None) -> dict:
         if resume is None:
             open_metrics(out / METRICS_FILE, None)
         (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        trainer.tracker = Tracker.start(cfg.report_to, out, cfg.project, cfg.run_name, asdict(cfg))
     trainer.accelerator.wait_for_everyone()
     if resume is not None:
         trainer.load_checkpoint(resume)
@@ -658,6 +673,7 @@ def run(cfg: PretrainConfig, progress=lambda step, metrics: None) -> dict:
     if trainer.accelerator.is_main_process:
         atomic_write_json(out / "summary.json", summary)
         (out / "report.md").write_text(report_markdown(summary), encoding="utf-8")
+    trainer.tracker.finish()
     trainer.accelerator.end_training()
     return summary
 

@@ -1,4 +1,5 @@
-"""SFT data: answer-only labels, per-category loss sums, and mixture-weighted epochs (METHODS §6).
+"""SFT data: answer-only labels, per-category loss sums, and mixture-weighted epochs
+(docs/methods.md §6).
 
 Labels come from :func:`align.core.chat_formats.encode_with_assistant_mask`: a token is supervised
 (label = its id) when it starts inside an assistant span — each reply plus its terminator

@@ -1,5 +1,5 @@
 """``recipes/sft.py``: answer-only SFT on TRL's ``SFTTrainer`` with per-category loss and the
-dynamic data mix (METHODS §6).
+dynamic data mix (docs/methods.md §6).
 
 - Labels: :mod:`align.sft.data` (assistant replies and their terminators; −100 elsewhere).
 - Per-category loss: a forward hook reads the per-token log-probs that TRL's fused LM head
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -39,6 +39,7 @@ from align.core.io import MetricsFile, atomic_write_json, open_metrics
 from align.core.mixture import initial_mix
 from align.core.mixture_control import MixtureControlConfig, MixtureController
 from align.core.models import load_pretrained, model_init_options
+from align.core.tracking import finish_trainer_trackers, point_trainer_trackers, project_field
 from align.sft.data import (
     MixtureEpochSampler,
     category_counts,
@@ -73,6 +74,7 @@ class SFTRecipeConfig(SFTConfig):
     output_dir: str = _help(
         "Run directory: checkpoints, final/, metrics.jsonl, summary.json, report.md.", "runs/sft"
     )
+    project: str = project_field()  # transformers' default: huggingface
     eval_strategy: str = _help(
         "epoch: the mix moves after each epoch's held-out evaluation (the only value).", "epoch"
     )
@@ -95,6 +97,9 @@ class SFTRecipeConfig(SFTConfig):
     eval_share: float = _help(
         "Held-out share split off train_data when eval_data is none.", 0.05, gt=0, lt=1
     )
+    default_category: str | None = _help(
+        "Category of SFT records that carry none (none: every record must carry one).", None
+    )
     chat_format: str = _help("Chat format conversations are rendered with.", "hf")
     general_categories: list[str] = _help(
         "Categories counted as general data for general_finance_ratio.", factory=list
@@ -110,7 +115,7 @@ class SFTRecipeConfig(SFTConfig):
     epoch_size: int | None = _help("Rows drawn per epoch; none = the training rows.", ge=1)
     dynamic_mix: bool = _help("Move the weights after each epoch by held-out loss [S].", True)
     mix: MixtureControlConfig = _help(
-        "The mixture controller [P] (METHODS §6).", factory=MixtureControlConfig
+        "The mixture controller [P] (docs/methods.md §6).", factory=MixtureControlConfig
     )
     resume_from: str | None = _help(
         "Checkpoint to continue from: 'latest' (the last checkpoint-N of output_dir) or a "
@@ -138,6 +143,11 @@ class SFTRecipeConfig(SFTConfig):
 
     def controller_config(self) -> MixtureControlConfig:
         return self.mix
+
+    def to_dict(self) -> dict:
+        """TrainingArguments' plain dict (what tensorboard / wandb log as the run's arguments),
+        the nested ``mix`` settings as a mapping: JSON has no dataclasses."""
+        return {**super().to_dict(), "mix": asdict(self.mix)}
 
     @classmethod
     def from_sources(cls, config=None, overrides: list[str] = ()) -> SFTRecipeConfig:
@@ -326,9 +336,13 @@ def load_sft_data(cfg: SFTRecipeConfig, tokenizer) -> dict:
     """Encoded train and held-out sets, the categories and the encoding stats."""
     model, train, held = _tiny_defaults(cfg)
     if train is None:
-        train = [dict(r) for path in cfg.train_data for r in load_records(path, "sft")]
+        train = [
+            dict(r)
+            for path in cfg.train_data
+            for r in load_records(path, "sft", cfg.default_category)
+        ]
     if held is None and cfg.eval_data:
-        held = [dict(r) for r in load_records(cfg.eval_data, "sft")]
+        held = [dict(r) for r in load_records(cfg.eval_data, "sft", cfg.default_category)]
     if held is None:
         train, held = split_held_out(train, cfg.eval_share, cfg.seed)
     categories = sorted({r["category"] for r in train})
@@ -416,6 +430,7 @@ def _checkpoint_step(checkpoint: str) -> int:
 def run(cfg: SFTRecipeConfig) -> dict:
     """Evaluate, train, evaluate; save the model to ``output_dir/final`` and a summary."""
     check_inputs(cfg)  # before anything is written
+    point_trainer_trackers(cfg)  # checked before the model loads; run name, project, tb dir
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer, parts = build_trainer(cfg)
@@ -434,6 +449,7 @@ def run(cfg: SFTRecipeConfig) -> dict:
     step, after = parts["mix"].last
     if step != trainer.state.global_step:  # the last epoch's evaluation is the final one
         after = trainer.evaluate()
+    finish_trainer_trackers(cfg)
     trainer.save_model(str(out / "final"))
     summary = {
         "categories": parts["data"]["categories"],

@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from align.core.config import missing_inputs_error
 from align.core.outputs import check_output_dir
+from align.core.tracking import check_report_to
 from align.tiny.build import build_tiny_world
 from rm.evaluate import evaluate_reward_model, to_markdown
 from rm.ufrm import UFRMConfig, run_ufrm
@@ -75,6 +76,7 @@ def run(cfg: UFRMConfig, progress=None) -> dict:
     so does a ``model`` without ``train_data``."""
     check_inputs(cfg)
     check_output_dir(cfg.output_dir, "output_dir")
+    cfg.report_to = check_report_to(cfg.report_to, others=True)  # before any model loads
     cfg = fill_tiny_defaults(cfg)
     out = Path(cfg.output_dir)
     # RANK, not PartialState: before the Trainer sets up the process group every process
@@ -87,8 +89,9 @@ def run(cfg: UFRMConfig, progress=None) -> dict:
     def evaluate(model_dir: Path) -> dict:
         return {
             path: evaluate_reward_model(
-                model_dir, path, cfg.chat_format, cfg.max_length, cfg.eval_batch_size
-            )
+                model_dir, path, cfg.chat_format, cfg.max_length, cfg.eval_batch_size,
+                default_category=cfg.default_category,
+            )  # fmt: skip
             for path in cfg.eval_data
         }
 

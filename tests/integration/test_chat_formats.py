@@ -1,4 +1,5 @@
-"""Chat formats: golden strings (METHODS §7, whitespace exact), assistant spans and token masks."""
+"""Chat formats: golden strings (docs/methods.md §7, whitespace exact), assistant spans and token
+masks."""
 
 from __future__ import annotations
 

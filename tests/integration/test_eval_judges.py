@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request  # module level: the route's annotations mu
 from fastapi.responses import JSONResponse
 
 from eval.judges import RewardJudge, verdicts_from_scores
-from eval.llm_judge import LLMJudge, LLMJudgeError, parse_judgement
+from eval.llm_judge import LLMJudge, LLMJudgeError, parse_judgement, retry_after
 from rm.functions import WeightedReward
 
 # ---------------------------------------------------------------- reward judge
@@ -125,6 +125,8 @@ def _script(question: str, cand_first: bool, hits: int) -> tuple[int, str]:
         return 200, "让我想想" if hits == 1 else prefers_candidate
     if question == "q-500":  # a transient server error first
         return (500, "overloaded") if hits == 1 else (200, prefers_candidate)
+    if question == "q-429":  # rate-limited first, told to wait 1 s (Retry-After)
+        return (429, "slow down") if hits == 1 else (200, prefers_candidate)
     raise AssertionError(question)
 
 
@@ -149,7 +151,8 @@ def chat_server():
             log.append({"question": question, "body": body})
             status, text = _script(question, cand_first, hits[key])
         if status != 200:
-            return JSONResponse({"error": {"message": text}}, status_code=status)
+            headers = {"Retry-After": "1"} if status == 429 else None
+            return JSONResponse({"error": {"message": text}}, status_code=status, headers=headers)
         return {"id": "x", "object": "chat.completion", "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": text}}]}  # fmt: skip
@@ -215,6 +218,34 @@ def test_llm_judge_wrong_key_fails_at_once_and_missing_env_is_named(chat_server,
     monkeypatch.delenv("JUDGE_KEY")
     with pytest.raises(ValueError, match="environment variable JUDGE_KEY is not set"):
         LLMJudge(chat_server["url"], "m", api_key_env="JUDGE_KEY")
+
+
+def test_llm_judge_waits_what_retry_after_asks(chat_server, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    # backoff 0: without Retry-After the retry would come at once
+    judge = LLMJudge(chat_server["url"], "m", api_key_env="JUDGE_KEY", backoff=0, max_workers=2)
+    started = time.monotonic()
+    assert judge.judge(["q-429"], [GOOD], [BASE], ["x"]) == ["good"]
+    assert time.monotonic() - started >= 1.0
+    assert judge.stats.http_retries == 2  # one 429 per order, each retried once
+
+
+@pytest.mark.parametrize(
+    "headers, wait",
+    [
+        ({"Retry-After": "2"}, 2.0),
+        ({"retry-after": "0.5"}, 0.5),
+        ({"retry-after-ms": "250", "Retry-After": "9"}, 0.25),  # the finer one wins
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:10 GMT"}, 10.0),  # a date, 10 s after "now"
+        ({"Retry-After": "Wed, 21 Oct 2015 07:27:00 GMT"}, 0.0),  # a date in the past
+        ({"Retry-After": "100000"}, 300.0),  # capped
+        ({"Retry-After": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_reads_seconds_dates_and_milliseconds(headers, wait):
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert retry_after(headers, now=now) == (None if wait is None else pytest.approx(wait))
 
 
 def test_llm_judge_gives_up_on_a_dead_server_naming_it():

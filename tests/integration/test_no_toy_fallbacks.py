@@ -167,6 +167,25 @@ def test_pei_a_reward_model_stands_in_for_critic_and_rewards(pei_inputs):
             prepare(dataclasses.replace(cfg, **change), lambda message: None)
 
 
+def test_pei_rounds_of_a_critic_free_estimator_carry_no_critic(pei_inputs):
+    from align.pei.controller import Decision
+    from align.pei.run import PEIConfig, prepare, round_ppo_config
+    i = pei_inputs
+    cfg = PEIConfig(
+        output_dir=i["out"], reward_model=i["rm"], rm_pairs=i["pairs"], judge=TINY_RULE,
+        ppo={"policy": i["policy"], "prompts": i["prompts"], "eval_prompts": i["prompts"],
+             "advantage_estimator": "grpo", "samples_per_prompt": 2},
+    )  # fmt: skip
+    setup = prepare(cfg, lambda message: None)
+    step = Path(i["out"], "round-0", "ppo", "checkpoints", "step-3")
+    (step / "actor").mkdir(parents=True)  # round 0's last checkpoint: an actor, no critic
+    weights = dict.fromkeys(setup.initial, 1 / len(setup.initial))
+    decision = Decision(0, {}, {}, {}, {}, {}, weights, weights, 0.0, 0.1, 0.05, 0.0, False, None)
+    later = round_ppo_config(setup, 1, decision)
+    assert later.critic is None and later.policy == str(step / "actor")
+    assert later.beta == 0.05 and not later.uses_critic()
+
+
 def test_pei_with_no_model_path_fills_every_round_from_the_tiny_world(tiny_cache, tmp_path):
     from align.pei.run import PEIConfig, prepare, round_ppo_config
     out = tmp_path / "pei"

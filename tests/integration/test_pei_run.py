@@ -33,8 +33,8 @@ def small_prompt_set(world, out: Path) -> Path:
 
 def pei_config(world, out: Path, prompts: Path) -> dict:
     """Two improvement rounds of one tiny PPO step each, re-filtering two sub-domains' prompts
-    before each; the untrained reward backbone as RM (its alignment is whatever it is: the loop,
-    not the learning, is under test here)."""
+    before each, then the plain-PPO baseline; the untrained reward backbone as RM (its alignment
+    is whatever it is: the loop, not the learning, is under test here)."""
     return {
         "refilter": {"n": 2, "keep": 10, "max_new_tokens": 12, "batch_size": 40},
         "refilter_categories": REFILTERED,
@@ -47,6 +47,7 @@ def pei_config(world, out: Path, prompts: Path) -> dict:
         "judge": [{"type": "python", "fn": "align.tiny.reward:tiny_world_reward"}],
         "eval_max_prompts": 24,
         "controller": {"early_stop": False},
+        "baseline": True,
         "ppo": {
             "config": "tiny",  # the tiny world's learning rates; paths given, so no fallback
             "policy": str(world.policy),
@@ -181,7 +182,7 @@ def test_gain_is_the_net_win_rate_of_the_recorded_verdicts(pei_run):
             counts = Counter(r["verdict"] for r in rows if r["category"] == category)
             judged = counts["good"] + counts["same"] + counts["bad"]
             assert gain == pytest.approx((counts["good"] - counts["bad"]) / judged, abs=1e-12)
-        # Fewer than 30 eval prompts per sub-domain: every PPO tier is medium (METHODS §4).
+        # Fewer than 30 eval prompts per sub-domain: every PPO tier is medium (docs/methods.md §4).
         assert set(d["ppo_tiers"].values()) == {"medium"}
 
 
@@ -213,10 +214,65 @@ def test_alignment_is_the_pairwise_accuracy_per_category(pei_run, tiny_world):
 def test_report_links_charts_that_exist(pei_run):
     out, _, _ = pei_run
     report = (out / "report.md").read_text()
-    for png in ("gsb_by_round.png", "mixture.png", "training.png"):
+    for png in ("gsb_by_round.png", "reward_hacking.png", "mixture.png", "training.png"):
         assert f"]({png})" in report
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.count("## Round ") == 3
+    assert "## PEI vs plain PPO (4 PPO steps each)" in report
+
+
+@pytest.mark.slow
+def test_on_policy_alignment_and_hacking_follow_the_recorded_rewards(pei_run, tiny_world):
+    from rm.functions import LocalRewardModel
+
+    out, _, _ = pei_run
+    rows = [json.loads(line) for line in (out / "round-1" / "answers.jsonl").open()]
+    # the recorded rewards are the reward model's scores of both answers (unpadded, one by one)
+    eval_rows = per_category_head(
+        [json.loads(line) for line in tiny_world.data("eval_prompts").open()], 24
+    )
+    model = LocalRewardModel.from_pretrained(tiny_world.reward, batch_size=1)
+    prompts = [r.get("prompt") or r["messages"] for r in eval_rows]
+    assert model(prompts, [r["answer"] for r in rows]) == pytest.approx(
+        [r["reward"] for r in rows], abs=1e-4
+    )
+    assert model(prompts, [r["sft_answer"] for r in rows]) == pytest.approx(
+        [r["sft_reward"] for r in rows], abs=1e-4
+    )
+    # recounted from the recorded verdicts and rewards
+    evaluation = json.loads((out / "round-1" / "evaluation.json").read_text())
+    decision = decisions(out)[1]
+    for category, v in evaluation["rm_alignment_on_policy"].items():
+        mine = [r for r in rows if r["category"] == category]
+        decisive = [r for r in mine if r["verdict"] in ("good", "bad")]
+        agree = [
+            r for r in decisive
+            if (r["reward"] > r["sft_reward"]) == (r["verdict"] == "good")
+            and r["reward"] != r["sft_reward"]
+        ]  # fmt: skip
+        assert v == {
+            "n": len(decisive),
+            "accuracy": pytest.approx(len(agree) / len(decisive) if decisive else 0.0),
+        }
+        assert decision["alignment_on_policy"][category] == pytest.approx(v["accuracy"])
+        hacked = [r for r in mine if r["verdict"] == "bad" and r["reward"] > r["sft_reward"]]
+        assert evaluation["reward_hacking"][category]["count"] == len(hacked)
+        # 4 decisive pairs at most (< min_decisive_pairs): min falls back to the labelled value
+        assert decision["alignment"][category] == decision["alignment_labelled"][category]
+
+
+@pytest.mark.slow
+def test_baseline_is_plain_ppo_from_sft_on_the_same_budget(pei_run, tiny_world):
+    out, _, stdout = pei_run
+    config = yaml.safe_load((out / "baseline" / "ppo" / "config.yaml").read_text())
+    assert config["total_steps"] == 2 + 1 + 1  # PEI's rounds: 2, 1, 1
+    assert config["policy"] == str(tiny_world.policy) and config["reference"] is None
+    assert config["beta"] == 0.05  # the PPO config's own β (tiny), not β₀
+    assert config["category_weights"] == pytest.approx(decisions(out)[0]["weights_before"])
+    result = json.loads((out / "baseline" / "result.json").read_text())
+    evaluation = json.loads((out / "baseline" / "evaluation.json").read_text())
+    assert result["overall_gain"] == evaluation["gsb"]["overall"]["rates"]["net_win"]
+    assert "baseline (plain PPO, 4 steps, β = 0.05): net win vs SFT" in stdout
 
 
 def test_per_category_head_round_robins():

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,70 +23,11 @@ import pytest
 
 from rm.functions import LocalRewardModel, rewards_from_config, score_rewards
 from rm.remote import RemoteRewardError, RemoteRewardModel
+from tests.helpers import TOKEN, free_port, raw_post
 
-TOKEN = "test-token-0123"
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["什么是市盈率？", "什么是国债？", [{"role": "user", "content": "你好"}], "q"]
 COMPLETIONS = ["市盈率是股价与每股收益之比。", "不知道", "您好", "答案：42"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(base: str, proc: subprocess.Popen, log_path: str, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"reward server exited with {proc.returncode} (log: {log_path})")
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"reward server at {base} did not come up in {seconds} s")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_world, request, tmp_path_factory):
-    """``align rm serve`` on the tiny world's reward model, on a free loopback port."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("server") / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "align.cli", "rm", "serve", "--model", str(tiny_world.reward)]
-        + ["--port", str(port), "--max-items", "64", "--max-request-bytes", "20000"],
-        env={**os.environ, "ALIGN_RM_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-    def stop():
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-    request.addfinalizer(stop)
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(base, proc, log.name)
-    return base
-
-
-def raw_post(url: str, body: bytes, token: str | None = TOKEN) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def test_server_scores_equal_local_scores_in_request_order(server, tiny_world):

@@ -203,9 +203,9 @@ def test_config_rejects_bad_values(tmp_path):
 
 
 def _token_bt_oracle(model, chosen: list[list[int]], rejected: list[list[int]]) -> float:
-    """Token-level BT by a slow loop over unpadded sequences (METHODS §2): per pair, the mean of
-    -log σ(v_c,t - v_r,t) from the first differing token to the later end, a finished sequence
-    holding its last value."""
+    """Token-level BT by a slow loop over unpadded sequences (docs/methods.md §2): per pair, the
+    mean of -log σ(v_c,t - v_r,t) from the first differing token to the later end, a finished
+    sequence holding its last value."""
     from rm.model import token_scores
 
     def values(ids):

@@ -1,5 +1,5 @@
-"""Bucketing (METHODS §5): hand-computed plans and metrics, invariants on random corpora, the
-fixed-length baseline's Table-1 pattern, and the bucket batch sampler."""
+"""Bucketing (docs/methods.md §5): hand-computed plans and metrics, invariants on random corpora,
+the fixed-length baseline's Table-1 pattern, and the bucket batch sampler."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The dynamic mixture controller (METHODS §6 [P]) on synthetic per-category loss curves."""
+"""The dynamic mixture controller (docs/methods.md §6 [P]) on synthetic per-category loss curves."""
 
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
-"""The PEI controller (METHODS §4), against hand computations and the report's table."""
+"""The PEI controller (docs/methods.md §4), against hand computations and the report's table."""
 
 import math
 
 import pytest
 
+from align.pei.alignment import on_policy_alignment, overall, reward_hacking
 from align.pei.controller import (
     ControllerConfig,
+    Decision,
     RoundMeasurements,
     decide,
     next_beta,
@@ -16,7 +18,8 @@ from align.pei.controller import (
 
 CFG = ControllerConfig()
 
-# The attribution table as printed in METHODS §4 (rows: PPO outcome; columns: RM good/medium/bad).
+# The attribution table as printed in docs/methods.md §4 (rows: PPO outcome; columns: RM
+# good/medium/bad).
 TABLE = {
     "good": {"good": 0, "medium": +1, "bad": 0},
     "medium": {"good": +1, "medium": 0, "bad": -1},
@@ -181,3 +184,117 @@ def test_invalid_controller_settings():
         ControllerConfig(tiering="quartiles")
     with pytest.raises(ValueError, match="weight_floor"):
         ControllerConfig(weight_floor=0)
+
+
+# ------------------------------------------------------------ on-policy alignment, reward hacking
+
+
+def test_on_policy_alignment_by_hand():
+    # a: good/agree, good/disagree, bad/agree, bad/tie (a tie is no agreement), same (ignored),
+    #    unjudged (ignored) → 2 of 4 decisive pairs ordered as the judge orders.
+    # b: only "same" and unjudged verdicts: no decisive pair.
+    verdicts = ["good", "good", "bad", "bad", "same", None, "same", None]
+    r_policy = [1.0, 0.0, 0.0, 0.5, 9.0, 9.0, 1.0, 2.0]
+    r_sft = [0.0, 1.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0]
+    categories = ["a"] * 6 + ["b"] * 2
+    assert on_policy_alignment(verdicts, r_policy, r_sft, categories) == {
+        "a": {"n": 4, "accuracy": 0.5},
+        "b": {"n": 0, "accuracy": 0.0},
+    }
+
+
+def test_reward_hacking_by_hand():
+    # Hacked: the judge says bad and the reward prefers the policy (a tie is not a preference).
+    verdicts = ["bad", "bad", "bad", "good", "same", None, "same"]
+    r_policy = [2.0, 0.0, 1.0, 2.0, 2.0, 2.0, 3.0]
+    r_sft = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    categories = ["a"] * 6 + ["b"]
+    hacking = reward_hacking(verdicts, r_policy, r_sft, categories)
+    assert hacking == {
+        "a": {"n": 5, "count": 1, "rate": 0.2},  # the unjudged pair is not counted
+        "b": {"n": 1, "count": 0, "rate": 0.0},
+    }
+    assert overall(hacking, "rate") == {"n": 6, "rate": pytest.approx(1 / 6)}
+    with pytest.raises(ValueError, match="same length, got 7, 7, 7, 6"):
+        reward_hacking(verdicts, r_policy, r_sft, categories[:-1])
+
+
+def demo_round_zero(on_policy: dict[str, tuple[float, int]]) -> RoundMeasurements:
+    """Round 0 of `make demo` before on-policy alignment (50 eval prompts per sub-domain): the
+    policy is worse than SFT in 28 of 50 保险 and 34 of 50 金融百科 answers, and the reward model
+    orders every labelled pair right."""
+    good_bad = {"保险": (4, 28), "金融百科": (2, 34), "金融计算": (12, 3)}
+    good_bad |= {"合规与风险管理": (20, 6), "理财规划": (9, 8), "客服对话": (10, 4)}
+    gain = {c: (g - b) / 50 for c, (g, b) in good_bad.items()}
+    return RoundMeasurements(
+        gain=gain,
+        gain_counts={c: 50 for c in gain},
+        alignment={c: 1.0 for c in gain},
+        alignment_counts={c: 50 for c in gain},
+        overall_gain=sum(gain.values()) / len(gain),
+        on_policy_alignment={c: v for c, (v, _) in on_policy.items()},
+        on_policy_counts={c: n for c, (_, n) in on_policy.items()},
+    )
+
+
+# On-policy alignment as a hacked reward model gives it: in 保险 and 金融百科 it prefers the
+# policy's answer in most pairs the judge gives SFT (here 4 of 32 and 3 of 36 decisive pairs
+# ordered right); elsewhere it agrees with the judge.
+DEMO_ON_POLICY = {
+    "保险": (4 / 32, 32),
+    "金融百科": (3 / 36, 36),
+    "金融计算": (0.8, 15),  # too few decisive pairs (< 20): unknown
+    "合规与风险管理": (0.85, 26),
+    "理财规划": (0.65, 17),  # too few
+    "客服对话": (0.9, 14),  # too few
+}
+
+
+def decide_demo(mode: str) -> Decision:
+    cfg = ControllerConfig(rm_alignment=mode)
+    m = demo_round_zero(DEMO_ON_POLICY)
+    weights = {c: 1 / 6 for c in m.gain}
+    return decide(0, m, weights, weights, 0.1, None, 2, cfg)
+
+
+def test_labelled_alignment_feeds_the_exploited_sub_domains():
+    d = decide_demo("labelled")
+    assert d.ppo_tiers["保险"] == d.ppo_tiers["金融百科"] == "bad"  # G = −48 %, −64 %
+    assert d.rm_tiers["保险"] == d.rm_tiers["金融百科"] == "good"  # labelled: 100 %
+    assert d.steps["保险"] == d.steps["金融百科"] == +2
+    assert d.weights["保险"] > 1 / 6 and d.alignment_source == "labelled"
+
+
+@pytest.mark.parametrize("mode", ["on_policy", "min"])
+def test_on_policy_alignment_moves_the_exploited_sub_domains_down(mode):
+    d = decide_demo(mode)
+    assert d.rm_tiers["保险"] == d.rm_tiers["金融百科"] == "bad"
+    assert d.steps["保险"] == d.steps["金融百科"] == -2  # PPO bad, RM bad: ↓↓
+    assert d.weights["保险"] < 1 / 6 and d.weights["金融百科"] < 1 / 6
+    # both alignments are logged whichever decided
+    assert d.alignment_labelled["保险"] == 1.0
+    assert d.alignment_on_policy["保险"] == pytest.approx(4 / 32)
+    assert d.alignment["保险"] == pytest.approx(4 / 32)
+
+
+def test_too_few_decisive_pairs_is_unknown_on_policy_and_labelled_under_min():
+    on_policy, lower = decide_demo("on_policy"), decide_demo("min")
+    # 金融计算: 15 decisive pairs < 20: medium on-policy; min falls back to labelled (100 %)
+    assert on_policy.rm_tiers["金融计算"] == "medium" and lower.rm_tiers["金融计算"] == "good"
+    # 合规与风险管理: 26 pairs at 85 % on-policy, 100 % labelled: min takes 85 %
+    assert lower.alignment["合规与风险管理"] == pytest.approx(0.85)
+    # a sub-domain with no decisive pair at all, and no labelled pair either: medium, value 0
+    m = RoundMeasurements({"x": 0.0}, {"x": 50}, {}, {}, 0.0, {"x": 0.0}, {"x": 0})
+    for mode in ("on_policy", "min", "labelled"):
+        d = decide(0, m, {"x": 1.0}, {"x": 1.0}, 0.1, None, 2, ControllerConfig(rm_alignment=mode))
+        assert d.rm_tiers == {"x": "medium"}
+
+
+def test_decisions_written_before_on_policy_alignment_still_load():
+    old = decide_demo("labelled").to_dict()
+    for key in ("alignment_labelled", "alignment_on_policy", "alignment_source"):
+        del old[key]
+    d = Decision(**old)
+    assert d.alignment_source == "labelled" and d.alignment_on_policy == {}
+    with pytest.raises(ValueError, match="rm_alignment: expected one of on_policy, labelled"):
+        ControllerConfig(rm_alignment="judge")

@@ -136,3 +136,31 @@ def test_config_reads_exponent_floats_and_rejects_words():
     assert cfg.actor_lr == 1e-4 and isinstance(cfg.beta, float)
     with pytest.raises(ValueError, match="actor_lr: expected a number, got 'fast'"):
         PPOConfig.from_sources(None, ["--actor_lr", "fast"])
+
+
+def test_estimator_config_checks():
+    """What each advantage estimator needs is checked when the config is built (one line
+    naming the field); a critic-free config with a policy needs no critic."""
+    from align.ppo.config import missing_inputs
+    from rm.spec import tiny_reward
+
+    cfg = PPOConfig.from_sources(
+        None, ["--advantage_estimator", "rloo", "--samples_per_prompt", "4"]
+    )
+    assert not cfg.uses_critic() and PPOConfig().uses_critic()
+    with pytest.raises(ValueError, match="samples_per_prompt: advantage_estimator grpo .* got 1"):
+        PPOConfig(advantage_estimator="grpo")
+    with pytest.raises(ValueError, match="gamma: advantage_estimator dr_grpo .* expected 1"):
+        PPOConfig(advantage_estimator="dr_grpo", samples_per_prompt=2, gamma=0.99)
+    with pytest.raises(ValueError, match="critic_warmup_steps: advantage_estimator reinforce_pp"):
+        PPOConfig(advantage_estimator="reinforce_pp", critic_warmup_steps=2)
+    with pytest.raises(ValueError, match="advantage_estimator: expected one of"):
+        PPOConfig.from_sources(None, ["--advantage_estimator", "ppo"])
+    with pytest.raises(ValueError, match="loss_agg_mode"):
+        PPOConfig.from_sources(None, ["--loss_agg_mode", "seq-sum"])
+    PPOConfig(advantage_estimator="reinforce_pp", gamma=0.99)  # ungrouped: gamma is free
+    given = dict(policy="p", prompts="x", eval_prompts="y", rewards=tiny_reward())
+    gae = PPOConfig(**given)
+    grpo = PPOConfig(**given, advantage_estimator="grpo", samples_per_prompt=2)
+    assert [name for name, _ in missing_inputs(gae)] == ["critic"]
+    assert missing_inputs(grpo) == []
