@@ -127,11 +127,11 @@ def test_a_bad_model_path_or_shape_is_one_line_and_exit_2(args, message):
 
 
 def readme_plans() -> list[tuple[list[str], str]]:
-    """``(arguments, shown output)`` of each ``align plan`` command in README.md: a fenced
-    command block followed by the block showing its output."""
+    """``(arguments, shown output)`` of each ``align plan`` command in docs/ppo.md (the PPO
+    guide): a fenced command block followed by the block showing its output."""
     import shlex
 
-    blocks = re.findall(r"```(\w*)\n(.*?)```", (REPO / "README.md").read_text("utf-8"), re.S)
+    blocks = re.findall(r"```(\w*)\n(.*?)```", (REPO / "docs" / "ppo.md").read_text("utf-8"), re.S)
     found = []
     for (kind, body), (_, shown) in zip(blocks, blocks[1:]):
         command = body.replace("\\\n", " ").strip()
@@ -149,5 +149,5 @@ def test_the_readme_shows_what_align_plan_prints_for_the_shipped_configs():
         verdict = out.strip().splitlines()[-1]
         assert VERDICT.match(verdict)
         assert verdict in shown, (
-            f"README.md shows an old plan for `align plan {' '.join(args)}`; now: {verdict}"
+            f"docs/ppo.md shows an old plan for `align plan {' '.join(args)}`; now: {verdict}"
         )

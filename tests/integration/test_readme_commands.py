@@ -1,6 +1,7 @@
-"""Every command line in README.md still parses: the README cannot drift from the command line.
+"""Every command line in README.md and the guides of docs/ still parses: the documentation cannot
+drift from the command line.
 
-Every ``align ...`` command of the README — the lines of its fenced code blocks (``\\``
+Every ``align ...`` command of the README and of ``docs/*.md`` (``config.md`` aside) — the lines of its fenced code blocks (``\\``
 continuations and indented continuation lines joined, trailing ``# comments`` and leading
 ``VAR=value`` assignments dropped) and its inline code spans — is checked in-process through
 :func:`align.cli.app.main`, run from the repository root:
@@ -25,6 +26,7 @@ defined in the repository's sources.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -78,6 +80,7 @@ class CommandLine:
 
     text: str
     lineno: int
+    doc: str = "README.md"  # the markdown file, relative to the repository root
 
     @property
     def words(self) -> list[str]:
@@ -286,7 +289,7 @@ def listed(help_out: str, option: str) -> bool:
 
 def check_align_line(command: CommandLine) -> None:
     """Assert that the CLI accepts the README line ``command`` (see the module docstring)."""
-    where = f"README.md:{command.lineno}: {command.text}"
+    where = f"{command.doc}:{command.lineno}: {command.text}"
     args = command.words[1:]
     words, click_command = command_words(args)
     root = command.root_options()
@@ -321,7 +324,7 @@ def check_launch_line(command: CommandLine) -> None:
     loads the config with the overrides."""
     import importlib
 
-    where = f"README.md:{command.lineno}: {command.text}"
+    where = f"{command.doc}:{command.lineno}: {command.text}"
     parsed, recipe, recipe_args = launch_parts(command)
     assert recipe in RECIPE_CONFIGS, f"{where}\nunknown recipe {recipe}"
     assert (REPO / recipe).is_file(), f"{where}\n{recipe} does not exist"
@@ -414,10 +417,27 @@ def python_name_exists(name: str) -> bool:
 
 # ------------------------------------------------------------------ the tests
 
-MARKDOWN = README.read_text(encoding="utf-8")
-ALIGN_LINES = distinct(commands(MARKDOWN, "align"))
-LAUNCH_LINES = distinct(commands(MARKDOWN, "accelerate launch"))
-MAKE_LINES = distinct(commands(MARKDOWN, "make"))
+#: The README and the guides of docs/ (config.md is generated from the code and holds no
+#: commands); each command is checked where it is written.
+DOCUMENTS = [README, *sorted(p for p in (REPO / "docs").glob("*.md") if p.name != "config.md")]
+TEXTS = {p.relative_to(REPO).as_posix(): p.read_text(encoding="utf-8") for p in DOCUMENTS}
+MARKDOWN = TEXTS["README.md"]
+ALL_MARKDOWN = "\n".join(TEXTS.values())
+
+
+def documented(program: str) -> list[CommandLine]:
+    """The distinct ``program`` commands of every document, each knowing its file."""
+    found = [
+        dataclasses.replace(c, doc=name)
+        for name, text in TEXTS.items()
+        for c in commands(text, program)
+    ]
+    return distinct(found)
+
+
+ALIGN_LINES = documented("align")
+LAUNCH_LINES = documented("accelerate launch")
+MAKE_LINES = documented("make")
 
 
 def test_the_extraction_finds_the_readme_commands():
@@ -456,41 +476,41 @@ def test_extraction_joins_continuations_and_drops_comments():
 
 
 def test_every_file_and_folder_the_readme_names_exists():
-    files = set(FILE_PATH.findall(MARKDOWN))
-    folders = set(FOLDER_PATH.findall(MARKDOWN))
+    files = set(FILE_PATH.findall(ALL_MARKDOWN))
+    folders = set(FOLDER_PATH.findall(ALL_MARKDOWN))
     assert {"align/tiny/world.py", "docs/architecture.md"} <= files and "align/core/" in folders
     missing = sorted(p for p in files | folders if not (REPO / p).exists())
-    assert not missing, f"README.md names files that do not exist: {missing}"
+    assert not missing, f"README.md or docs/ name files that do not exist: {missing}"
 
 
 def test_every_python_name_the_readme_names_exists():
-    names = {n for n in PYTHON_NAME.findall(MARKDOWN) if n.rsplit(".", 1)[-1] not in NOT_PYTHON}
-    for module, imported in FROM_IMPORT.findall(MARKDOWN):
+    names = {n for n in PYTHON_NAME.findall(ALL_MARKDOWN) if n.rsplit(".", 1)[-1] not in NOT_PYTHON}
+    for module, imported in FROM_IMPORT.findall(ALL_MARKDOWN):
         names.update(f"{module}:{name.strip()}" for name in imported.split(","))
     assert {"align.core.data", "align.tiny.reward:tiny_world_reward"} <= names
     assert "align.filter.run:run_filter" in names
     missing = sorted(n for n in names if not python_name_exists(n))
-    assert not missing, f"README.md names Python modules or names that do not exist: {missing}"
+    assert not missing, f"README.md or docs/ name Python names that do not exist: {missing}"
     assert not python_name_exists("align.ppo_run") and not python_name_exists("align.core.nothing")
     assert not python_name_exists("align.core.answers:no_such_function")
 
 
-@pytest.mark.parametrize("command", ALIGN_LINES, ids=lambda c: f"L{c.lineno}")
+@pytest.mark.parametrize("command", ALIGN_LINES, ids=lambda c: f"{c.doc}:L{c.lineno}")
 def test_readme_align_line_is_accepted(command):
     check_align_line(command)
 
 
-@pytest.mark.parametrize("command", LAUNCH_LINES, ids=lambda c: f"L{c.lineno}")
+@pytest.mark.parametrize("command", LAUNCH_LINES, ids=lambda c: f"{c.doc}:L{c.lineno}")
 def test_readme_accelerate_line_loads_its_config(command):
     check_launch_line(command)
 
 
-@pytest.mark.parametrize("command", MAKE_LINES, ids=lambda c: f"L{c.lineno}")
+@pytest.mark.parametrize("command", MAKE_LINES, ids=lambda c: f"{c.doc}:L{c.lineno}")
 def test_readme_make_line_names_a_target(command):
     done = subprocess.run(
         ["make", "-n", *command.words[1:]], cwd=REPO, capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 0, f"README.md:{command.lineno}: {command.text}\n{done.stderr}"
+    assert done.returncode == 0, f"{command.doc}:{command.lineno}: {command.text}\n{done.stderr}"
 
 
 @pytest.mark.parametrize(
@@ -502,17 +522,17 @@ def test_readme_make_line_names_a_target(command):
     ],
 )
 def plant(program: str, good: str, bad: str) -> CommandLine:
-    """A copy of the README with ``good`` replaced by ``bad`` in the first ``program`` command
-    that holds it: that command, as extracted from the copy."""
-    first = next(c for c in commands(MARKDOWN, program) if good in c.text)
-    lines = MARKDOWN.splitlines()
+    """A copy of the document holding the first ``program`` command with ``good``, with ``good``
+    replaced by ``bad`` there: that command, as extracted from the copy."""
+    first = next(c for c in documented(program) if good in c.text)
+    lines = TEXTS[first.doc].splitlines()
     for i in range(first.lineno - 1, len(lines)):
         if good in lines[i]:
             lines[i] = lines[i].replace(good, bad, 1)
             break
     planted = [c for c in commands("\n".join(lines), program) if bad in c.text]
     assert [c.lineno for c in planted] == [first.lineno]
-    return planted[0]
+    return dataclasses.replace(planted[0], doc=first.doc)
 
 
 @pytest.mark.parametrize(
