@@ -1,9 +1,10 @@
 """Every command line in README.md and the guides of docs/ still parses: the documentation cannot
 drift from the command line.
 
-Every ``align ...`` command of the README and of ``docs/*.md`` (``config.md`` aside) — the lines of its fenced code blocks (``\\``
-continuations and indented continuation lines joined, trailing ``# comments`` and leading
-``VAR=value`` assignments dropped) and its inline code spans — is checked in-process through
+Every ``align ...`` command of the README and of ``docs/*.md`` (``config.md`` aside) — the lines
+of their fenced code blocks (``\\`` continuations and indented continuation lines joined,
+trailing ``# comments`` and leading ``VAR=value`` assignments dropped) and their inline code
+spans — is checked in-process through
 :func:`align.cli.app.main`, run from the repository root:
 
 - every ``--option`` the line names must appear, spelled the same, in ``align <words> --help``
