@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import torch
 
@@ -105,3 +108,37 @@ def raw_post(url: str, body: bytes, token: str | None = TOKEN) -> tuple[int, dic
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def start_reward_server(model: Path, log_path: Path, args: list[str], env: dict) -> tuple:
+    """``align rm serve --model MODEL ARGS`` on a free loopback port, logging to ``log_path``;
+    ``(base URL, stop)`` once it answers ``/health`` (``stop()`` ends it, killing if it must)."""
+    port = free_port()
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "align.cli", "rm", "serve", "--model", str(model),
+         "--port", str(port), *args],
+        env={**env, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, proc, log.name, seconds=120)
+    except BaseException:
+        stop()
+        raise
+    return base, stop
+
+
+def environment_without(*names: str) -> dict:
+    """``os.environ`` without ``names``."""
+    return {k: v for k, v in os.environ.items() if k not in names}

@@ -17,35 +17,17 @@ from safetensors.torch import load_file
 from align.ppo.config import PPOConfig
 from align.ppo.run import build_trainer
 from align.ppo.trainer import CriticDivergedError
-from rm.spec import tiny_reward
+from tests.integration.test_ppo_run import small_config
 
 HERE = Path(__file__).resolve().parent
 DDP = HERE.parents[1] / "recipes" / "accelerate_configs" / "ddp.yaml"
 
 
 def config(world, out, **overrides) -> PPOConfig:
-    values = dict(
-        policy=str(world.policy),
-        critic=str(world.reward),
-        rewards=tiny_reward(),
-        prompts=str(world.data("prompts")),
-        eval_prompts=str(world.data("eval_prompts")),
-        output_dir=str(out),
-        rollout_batch_size=4,
-        samples_per_prompt=2,
-        max_new_tokens=8,
-        total_steps=2,
-        ppo_epochs=1,
-        num_minibatches=2,
-        micro_batch_size=2,
-        actor_lr=1e-4,
-        critic_lr=1e-4,
-        save_every=1,
-        eval_max_prompts=2,
-        seed=11,
-    )
-    values.update(overrides)
-    return PPOConfig(**values)
+    """test_ppo_run's small config at half its size: 2 steps of 4 prompts × 2 answers."""
+    values = dict(rollout_batch_size=4, max_new_tokens=8, total_steps=2, ppo_epochs=1,
+                  micro_batch_size=2, save_every=1, eval_max_prompts=2, seed=11)  # fmt: skip
+    return small_config(world, out, **{**values, **overrides})
 
 
 def metric_rows(out) -> list[dict]:

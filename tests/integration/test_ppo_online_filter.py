@@ -15,33 +15,14 @@ from align.core.mixture import MixtureSampler
 from align.filter.selection import prompt_stats
 from align.ppo.config import PPOConfig
 from align.ppo.run import build_trainer
-from rm.spec import tiny_reward
+from tests.integration.test_ppo_run import small_config
 
 
 def filtered_config(world, out, **overrides) -> PPOConfig:
-    values = dict(
-        policy=str(world.policy),
-        critic=str(world.reward),
-        rewards=tiny_reward(),
-        prompts=str(world.data("prompts")),
-        eval_prompts=str(world.data("eval_prompts")),
-        output_dir=str(out),
-        rollout_batch_size=8,
-        samples_per_prompt=2,
-        max_new_tokens=12,
-        total_steps=2,
-        ppo_epochs=1,
-        num_minibatches=2,
-        micro_batch_size=8,
-        actor_lr=1e-4,
-        critic_lr=1e-4,
-        save_every=1,
-        eval_max_prompts=2,
-        seed=3,
-        online_filter={"enabled": True, "max_rounds": 2},
-    )
-    values.update(overrides)
-    return PPOConfig(**values)
+    """test_ppo_run's small config, 2 steps, with the online filter on."""
+    values = dict(total_steps=2, ppo_epochs=1, micro_batch_size=8, save_every=1,
+                  eval_max_prompts=2, online_filter={"enabled": True, "max_rounds": 2})  # fmt: skip
+    return small_config(world, out, **{**values, **overrides})
 
 
 def test_a_filtered_step_keeps_the_draws_shares_and_drops_flat_groups(tiny_world, tmp_path):

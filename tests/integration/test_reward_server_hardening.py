@@ -3,61 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
 from rm.server import MAX_DEPTH
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import environment_without, start_reward_server
 
 
 @pytest.fixture(scope="module")
 def server(tiny_world, request, tmp_path_factory):
-    """``align rm serve`` on the tiny world's reward model, on a free loopback port."""
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("server") / "serve.log").open("w")
-    env = {k: v for k, v in os.environ.items() if k != "ALIGN_RM_TOKEN"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "align.cli", "rm", "serve", "--model", str(tiny_world.reward)]
-        + ["--port", str(port)],
-        env={**env, "HF_HUB_OFFLINE": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    """``align rm serve`` on the tiny world's reward model, on a free loopback port, without a
+    token and with the default limits."""
+    base, stop = start_reward_server(
+        tiny_world.reward,
+        tmp_path_factory.mktemp("server") / "serve.log",
+        [],
+        environment_without("ALIGN_RM_TOKEN"),
     )
-
-    def stop():
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
     request.addfinalizer(stop)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"reward server exited with {proc.returncode} (log: {log.name})")
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1).read()
-            return base
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    return base
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:
