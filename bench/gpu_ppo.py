@@ -312,8 +312,9 @@ def read_prompts_without_datasets() -> None:
         return
     import align.ppo.run as ppo_run
 
-    def load_prompts(path: Path, field: str) -> list[dict]:
-        return [json.loads(line) for line in Path(path).read_text("utf-8").splitlines() if line]
+    def load_prompts(path: Path, field: str, default_category: str | None = None) -> list[dict]:
+        rows = [json.loads(line) for line in Path(path).read_text("utf-8").splitlines() if line]
+        return [{"category": default_category, **r} if default_category else r for r in rows]
 
     ppo_run.load_prompts = load_prompts
 
