@@ -175,7 +175,7 @@ class HFGenerator:
             stop.set()
             for _ in streamer:  # drain what is left; generate stops at its next step
                 pass
-        thread.join()
+        _join(thread, stop)
         if "error" in result:
             raise result["error"]
         new = result["out"][0, len(ids) :].tolist()
@@ -183,6 +183,16 @@ class HFGenerator:
         if self.eos in new:
             new = new[: new.index(self.eos)]
         return Answer(self.tokenizer.decode(new, skip_special_tokens=True), len(new), reason)
+
+
+def _join(thread: threading.Thread, stop: threading.Event) -> None:
+    """Wait for the generation thread; Ctrl-C meanwhile (the streamer holds back text until a
+    word ends, so the answer may still be generating) stops it at its next step."""
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            stop.set()
 
 
 class VLLMGenerator:

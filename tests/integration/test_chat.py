@@ -4,8 +4,8 @@ through ``--input`` in-process with a random Qwen2 model (ziya2 format).
 The prompt a turn renders (``--show_prompt`` prints it as a JSON string) must equal the chat
 format's own rendering of the conversation, whose answers the test computes independently with
 transformers' greedy ``generate``; the history is truncated from the oldest turn to fit
-``--max_context``, saying so; ``/reset``, ``/system`` and ``/save`` do what they say; bad input
-is one line and exit 2.
+``--max_context``, saying so; ``/reset``, ``/system`` and ``/save`` do what they say; Ctrl-C
+stops an answer and keeps it; bad input is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pexpect
@@ -210,3 +211,30 @@ def test_bad_input_is_one_line_and_exit_2(tiny_world, tmp_path, capsys):
     code, out, err = run(["chat", "--model", str(tiny_world.policy), "--input", str(empty)], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith(f"error: input: {empty}: no user turns")
+
+
+def test_ctrl_c_stops_a_streaming_answer_and_keeps_it(qwen2_dir, tmp_path):
+    """Greedy on the random Qwen2 model never reaches EOS in 480 tokens (~6 s here): Ctrl-C a
+    second in stops it, the partial answer is kept, and the chat goes on."""
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "align.cli", "chat", "--model", str(qwen2_dir), "--chat_format", "ziya2",
+         "--temperature", "0", "--max_new_tokens", "480", "--show_prompt"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[2])},
+        encoding="utf-8", timeout=90, dimensions=(40, 2000),
+    )  # fmt: skip
+    child.expect_exact("you> ")
+    child.sendline("你好")
+    child.expect(PROMPT_LINE)  # printed as generation starts
+    time.sleep(1.0)
+    child.sendintr()
+    child.expect(r"model> (.*) \[stopped\]\r\n")
+    child.expect_exact("you> ")
+    saved = tmp_path / "chat.jsonl"
+    command(child, f"/save {saved}")
+    messages = [json.loads(line) for line in saved.read_text(encoding="utf-8").splitlines()]
+    assert [m["role"] for m in messages] == ["user", "assistant"] and messages[1]["content"]
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
