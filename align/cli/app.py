@@ -1,9 +1,9 @@
 """The ``align`` command line.
 
 Every command that runs from a config (``ppo``, ``pei``, ``filter``, ``sft``, ``pretrain``,
-``rm train|eval|serve``, ``eval gsb|mcq``, ``data bucket``, ``tiny build``) is generated from its
-config dataclass (:mod:`align.cli.config_command`): ``--config FILE.yaml``, one option per field
-(``--rollout.vllm.dtype bfloat16``), ``--show_config``; ``--help`` lists every field.
+``chat``, ``rm train|eval|serve``, ``eval gsb|mcq``, ``data bucket``, ``tiny build``) is generated
+from its config dataclass (:mod:`align.cli.config_command`): ``--config FILE.yaml``, one option per
+field (``--rollout.vllm.dtype bfloat16``), ``--show_config``; ``--help`` lists every field.
 
 User errors (bad input files, bad options, a bad config) print one line and exit with status 2;
 set ``ALIGN_DEBUG=1`` to see the traceback instead.
@@ -24,6 +24,7 @@ from rich.table import Table
 
 from align import __version__
 from align.cli.bucket import data_bucket
+from align.cli.chat import chat_command
 from align.cli.common import USER_ERRORS, WRITE_ERRNOS, console, err_console, progress_bar
 from align.cli.config_command import LAUNCH_EXTRAS, Extra, Invocation, config_command
 from align.cli.eval import eval_app, gsb_command, mcq_command
@@ -204,6 +205,7 @@ GENERATED: list[tuple[tuple[str, ...], click.Command]] = [
     ((), filter_command),
     ((), sft_command),
     ((), pretrain_command),
+    ((), chat_command),
     (("rm",), rm_train_command),
     (("rm",), rm_eval_command),
     (("rm",), serve_command),

@@ -21,6 +21,7 @@ COMMANDS = {" ".join([*path, cmd.name]): cmd for path, cmd in GENERATED}
 REQUIRED = {
     "rm eval": ["--model", "m", "--data", "d.jsonl"],
     "rm serve": ["--model", "m"],
+    "chat": ["--model", "m"],
     "eval gsb": ["--candidate", "c"],
     "eval mcq": ["--data", "bench"],
     "data bucket": ["--docs", "d.jsonl", "--out", "o"],
