@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,11 +66,22 @@ def wandb_records(run_dir: Path) -> list:
     return records
 
 
-def wandb_run(out: Path, name: str | None = None) -> tuple[dict, dict[int, dict]]:
+def wandb_run(out: Path, name: str | None = None, wait: float = 30.0) -> tuple[dict, dict]:
     """``({name, project}, {step: {key: value}})`` of the offline run under ``out/wandb`` (the
     one there, or the one called ``name``). wandb reads ``WANDB_DIR`` once per process, so runs
     that transformers starts in a test process that used wandb before land in that process's
-    wandb folder: it is searched too."""
+    wandb folder: it is searched too. wandb's service process writes the run's log on its own
+    time (seen: still without its run record right after ``finish`` in a busy suite), so the
+    log is read again until it holds the run record, for at most ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        info, history = _wandb_run_once(out, name)
+        if info or time.monotonic() > deadline:
+            return info, history
+        time.sleep(0.5)
+
+
+def _wandb_run_once(out: Path, name: str | None) -> tuple[dict, dict[int, dict]]:
     import wandb
 
     folders = [out / "wandb", Path(wandb.setup().settings.wandb_dir)]
