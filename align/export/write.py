@@ -7,7 +7,8 @@
 - tokenizer: the run's one, with the run's chat format as its chat template.
 - ``generation_config.json`` (causal LMs): the tokenizer's bos / eos / pad ids, and the run's
   sampling settings (temperature, top-p, top-k, answer length) when it sampled (PPO, PEI).
-- ``quantize``: int8 / int4 weight-only quantization in the compressed-tensors format, which
+- ``quantize``: int8 / int4 weight-only quantization in the compressed-tensors format (the model
+  is loaded once, so this needs its size in memory, unlike the plain copy), which
   vLLM and transformers load (:mod:`align.export.quantize`).
 - a reward model's ``score_stats.json`` comes along (``{type: model, normalize: true}`` reads it).
 
