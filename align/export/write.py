@@ -7,6 +7,9 @@
 - tokenizer: the run's one, with the run's chat format as its chat template.
 - ``generation_config.json`` (causal LMs): the tokenizer's bos / eos / pad ids, and the run's
   sampling settings (temperature, top-p, top-k, answer length) when it sampled (PPO, PEI).
+- ``quantize``: int8 / int4 weight-only quantization in the compressed-tensors format (the model
+  is loaded once, so this needs its size in memory, unlike the plain copy), which
+  vLLM and transformers load (:mod:`align.export.quantize`).
 - a reward model's ``score_stats.json`` comes along (``{type: model, normalize: true}`` reads it).
 
 The directory is filled next to ``out`` and renamed into place, so ``out`` is never half
@@ -25,6 +28,7 @@ from align.core.io import atomic_directory
 from align.core.models import check_model_dir, load_pretrained
 from align.core.outputs import check_output_dir
 from align.export.locate import FIELD, Source, locate
+from align.export.quantize import Scheme, quantize_directory, scheme_of
 
 #: Files of a full model directory that make up the exported model (weights and config).
 MODEL_FILES = ("config.json", "model.safetensors.index.json")
@@ -42,6 +46,7 @@ class Export:
     base_model: Path | None  # the base a LoRA adapter was merged into; None for a full model
     chat_format: str
     generation: dict | None  # generation_config.json's settings; None for a reward model
+    scheme: Scheme | None = None  # the weight-only quantization written; None: weights as they are
 
 
 def _is_inside(path: Path, ancestor: Path) -> bool:
@@ -165,11 +170,16 @@ def export_model(
     overwrite: bool = False,
     chat_format: str | None = None,
     base_model: str | Path | None = None,
+    quantize: str = "none",
+    group_size: int = 128,
 ) -> Export:
     """Export the model ``path`` stands for (a run, a checkpoint or a model directory; see
     :mod:`align.export.locate`) into ``out``. ``chat_format``: the template the tokenizer gets;
     none = the run's (``hf``, the tokenizer's own, when the run names none). ``base_model``:
-    the base a LoRA adapter merges into; none = the one the adapter names."""
+    the base a LoRA adapter merges into; none = the one the adapter names. ``quantize``:
+    ``int8`` / ``int4`` (groups of ``group_size``) writes round-to-nearest weight-only
+    quantized weights (:mod:`align.export.quantize`); ``none`` the weights as they are."""
+    scheme = scheme_of(quantize, group_size)
     source = locate(path)
     fmt = chat_format or source.chat_format or "hf"
     get_chat_format(fmt)  # an unknown name fails here, before anything is read or written
@@ -182,6 +192,8 @@ def export_model(
             copy_model_files(source.model_dir, tmp)
         else:
             write_merged(source.model_dir, base, tmp)
+        if scheme is not None:
+            quantize_directory(tmp, scheme)
         save_tokenizer(tokenizer, tmp, fmt)
         if _is_causal_lm(tmp):
             generation = generation_settings(tokenizer, source.sampling)
@@ -189,4 +201,4 @@ def export_model(
         for name in EXTRA_FILES:
             if (source.model_dir / name).is_file():
                 shutil.copy2(source.model_dir / name, tmp / name)
-    return Export(out, source.model_dir, base, fmt, generation)
+    return Export(out, source.model_dir, base, fmt, generation, scheme)
