@@ -147,8 +147,16 @@ def run_settings(cfg: SynthConfig, records: list[dict]) -> dict:
         "rewards": [config_to_dict(r) for r in cfg.rewards],
         **{
             name: getattr(cfg, name)
-            for name in ("n", "max_new_tokens", "max_prompt_length", "temperature", "top_p",
-                         "seed", "chat_format", "batch_size")  # fmt: skip
+            for name in (
+                "n",
+                "max_new_tokens",
+                "max_prompt_length",
+                "temperature",
+                "top_p",
+                "seed",
+                "chat_format",
+                "batch_size",
+            )  # fmt: skip
         },
     }
 
@@ -234,8 +242,12 @@ def answer_batch(
         for i, row in enumerate(rows):
             for j in range(cfg.n):
                 row["answers"].append(
-                    {"model": policy.path, "sample": j, "text": texts[i * cfg.n + j],
-                     "score": scores[i * cfg.n + j]}  # fmt: skip
+                    {
+                        "model": policy.path,
+                        "sample": j,
+                        "text": texts[i * cfg.n + j],
+                        "score": scores[i * cfg.n + j],
+                    }  # fmt: skip
                 )
     return rows
 

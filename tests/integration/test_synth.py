@@ -114,9 +114,21 @@ def test_empty_prompt_file_is_one_line_exit_2(inputs, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     done = subprocess.run(
-        _cli(["--prompts", str(empty), "--policies", policies[0], "--rewards", "tiny",
-              "--out", str(tmp_path / "o")]),  # fmt: skip
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+        _cli(
+            [
+                "--prompts",
+                str(empty),
+                "--policies",
+                policies[0],
+                "--rewards",
+                "tiny",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        ),  # fmt: skip
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
