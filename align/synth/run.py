@@ -89,6 +89,9 @@ class SynthConfig:
         check_ranges(self)
         self.rewards = as_specs(self.rewards)
         self.policies = list(self.policies)
+        twice = sorted({p for p in self.policies if self.policies.count(p) > 1})
+        if twice:  # provenance and the per-model report name policies by their path
+            raise ValueError(f"policies: {twice[0]} given twice (copy it to another folder)")
 
 
 def check_inputs(cfg: SynthConfig) -> None:

@@ -17,7 +17,7 @@ import pytest
 from align.synth.run import SynthConfig, run_synth, select_top_k
 from rm.spec import tiny_rule
 
-SAMPLING = ["--n", "2", "--k", "2", "--max_new_tokens", "12", "--batch_size", "1"]
+SAMPLING = ["--n", "2", "--k", "2", "--max_new_tokens", "16", "--batch_size", "1"]
 
 
 def test_select_top_k_by_hand():
@@ -49,7 +49,7 @@ def uninterrupted(inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("synth_full") / "out"
     cfg = SynthConfig(
         prompts=str(prompts), out=str(out), policies=policies, rewards=tiny_rule(),
-        n=2, k=2, max_new_tokens=12, batch_size=1, min_score=-0.5,
+        n=2, k=2, max_new_tokens=16, batch_size=1, min_score=0.1,
     )  # fmt: skip
     return out, run_synth(cfg)
 
@@ -62,13 +62,14 @@ def test_records_have_provenance_and_counts_add_up(inputs, uninterrupted):
     assert t["prompts"] == 5 and t["generated"] == 5 * 2 * 2
     assert t["generated"] == t["kept"] + t["below_floor"] + t["invalid"] + t["beyond_k"]
     assert len(records) == t["kept"] <= 5 * 2
+    assert t["kept"] > 0 and t["below_floor"] > 0  # the floor both keeps and drops here
     for cat in report["per_category"].values():
         per_model = cat["per_model"].values()
         for kind in ("generated", "kept", "below_floor", "invalid", "beyond_k"):
             assert sum(m[kind] for m in per_model) == cat[kind]
     for r in records:
         p = r["provenance"]
-        assert p["model"] in policies and p["rank"] in (1, 2) and p["score"] >= -0.5
+        assert p["model"] in policies and p["rank"] in (1, 2) and p["score"] >= 0.1
         assert r["messages"][-1]["role"] == "assistant" and r["messages"][0]["role"] == "user"
         assert r["category"]
     # ranks within a prompt: 1, 2, ... with non-increasing scores
@@ -89,7 +90,7 @@ def test_resume_after_sigkill_is_byte_identical(inputs, uninterrupted, tmp_path)
     full, _ = uninterrupted
     out = tmp_path / "out"
     args = ["--prompts", str(prompts), "--policies", *policies, "--rewards", "tiny",
-            "--out", str(out), "--min_score", "-0.5", *SAMPLING]  # fmt: skip
+            "--out", str(out), "--min_score", "0.1", *SAMPLING]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(_cli(args), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
