@@ -1,9 +1,10 @@
 """The ``align`` command line.
 
 Every command that runs from a config (``ppo``, ``pei``, ``filter``, ``sft``, ``pretrain``,
-``chat``, ``rm train|eval|serve``, ``eval gsb|mcq``, ``data bucket``, ``tiny build``) is generated
-from its config dataclass (:mod:`align.cli.config_command`): ``--config FILE.yaml``, one option per
-field (``--rollout.vllm.dtype bfloat16``), ``--show_config``; ``--help`` lists every field.
+``chat``, ``rm train|eval|serve``, ``eval gsb|mcq``, ``data bucket|synth``, ``tiny build``) is
+generated from its config dataclass (:mod:`align.cli.config_command`): ``--config FILE.yaml``, one
+option per field (``--rollout.vllm.dtype bfloat16``), ``--show_config``; ``--help`` lists every
+field.
 
 User errors (bad input files, bad options, a bad config) print one line and exit with status 2;
 set ``ALIGN_DEBUG=1`` to see the traceback instead.
@@ -36,6 +37,7 @@ from align.cli.plan import plan_command
 from align.cli.recipes import pretrain_command, sft_command
 from align.cli.rm import rm_app, rm_eval_command, rm_train_command
 from align.cli.serve import serve_command
+from align.cli.synth import synth_command
 from align.cli.tiny import tiny_data, tiny_model
 from align.core.config import ConfigWarning
 from align.core.quiet import VERBOSE_HELP, apply_quiet, verbose_from_env, verbose_requested
@@ -212,6 +214,7 @@ GENERATED: list[tuple[tuple[str, ...], click.Command]] = [
     (("eval",), gsb_command),
     (("eval",), mcq_command),
     (("data",), data_bucket),
+    (("data",), synth_command),
     (("tiny",), tiny_build),
 ]
 

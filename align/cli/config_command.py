@@ -162,6 +162,10 @@ class ConfigCommand(click.Command):
                 name = ".".join(parts)
             if not eq and args and not args[0].startswith("--"):
                 eq, value = "=", args.pop(0)  # joined: click reads "-1" as an option otherwise
+                lists = {row.name for row in self.field_rows() if row.is_list}
+                while name in lists and args and not args[0].startswith("--"):
+                    out.append(f"--{name}={value}")  # --policies A B: one entry each
+                    value = args.pop(0)
             out.append(f"--{name}{eq}{value}")
         return out
 

@@ -25,6 +25,7 @@ REQUIRED = {
     "eval gsb": ["--candidate", "c"],
     "eval mcq": ["--data", "bench"],
     "data bucket": ["--docs", "d.jsonl", "--out", "o"],
+    "data synth": ["--prompts", "p.jsonl", "--out", "o"],
     "sft": ["--bf16", "false"],  # no bf16 training on a CPU
 }
 

@@ -1,0 +1,1 @@
+"""``align data synth``: an ensemble of policies answers prompts; reward sources keep the best."""
