@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 from pathlib import Path
 
@@ -24,23 +22,10 @@ from transformers import AutoModelForCausalLM
 
 from align.export.quantize import Scheme, fake_quantize, quantized_layers
 from align.export.write import export_model
+from tests.integration.test_export import run_align
 
 #: quantize, group size, max |logit change| vs the float policy, least greedy agreement.
 VARIANTS = {"int8": (8, None, 0.25, 0.95), "int4": (4, 32, 3.0, 0.7)}
-
-
-def run_align(args: list[str]) -> tuple[int, str, str]:
-    """``align ARGS`` in this process: exit status, stdout, stderr."""
-    from align.cli.app import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as done:
-            code = 0 if done.code is None else done.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
